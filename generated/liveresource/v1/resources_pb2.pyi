@@ -132,13 +132,15 @@ class Room(_message.Message):
     """
     @_builtins.property
     def featured_goods(self) -> _containers.RepeatedCompositeFieldContainer[Global___Goods]:
-        """The goods featured in the show, each with its shop. At most 1,000. A goods
-        id appears at most once across featured_goods and linked_shops.
+        """The goods featured in the show, each with its shop. At most 1,000, each
+        goods id once. A featured goods may also be listed in its linked shop.
         """
 
     @_builtins.property
     def linked_shops(self) -> _containers.RepeatedCompositeFieldContainer[Global___Shop]:
-        """The shops linked to the room, each with its goods. At most 100 shops."""
+        """The shops linked to the room, each with its goods. At most 100 shops, each
+        shop id once, and each goods id in at most one shop.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:

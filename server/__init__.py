@@ -1,0 +1,1 @@
+"""liveresource server: gRPC API over a domain layer over a transactional store."""

@@ -1,0 +1,1 @@
+"""The gRPC layer: decode, authenticate, call a use case, encode. Nothing else."""

@@ -1,0 +1,123 @@
+"""The wrapper every RPC goes through: decode check, authentication, status mapping, one
+log line per call. Servicer methods only see a Principal and a decoded request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from server.api.auth import Authenticator
+from server.api.status import RpcFailure, failure_for, internal_failure
+from server.domain.errors import DomainError, FieldViolation, InvalidArgument
+from server.domain.models import Principal
+
+log = logging.getLogger("liveresource.calls")
+
+UnaryBehavior = Callable[[Principal, Any], Awaitable[tuple[Message, str]]]
+"""Returns the response and a short note for the call's log line."""
+StreamBehavior = Callable[[Principal, Any], AsyncIterator[Message]]
+
+
+class Undecodable:
+    """Stands for a request whose bytes did not decode; answered INVALID_ARGUMENT."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def safe_deserializer(message_type: type[Message]) -> Callable[[bytes], Any]:
+    """A deserializer that never raises (grpcio would answer UNKNOWN)."""
+    name = message_type.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except (DecodeError, RuntimeError, ValueError):
+            return Undecodable(name)
+
+    return deserialize
+
+
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument([FieldViolation("", f"the request bytes do not decode as "
+                                                  f"{request.type_name}")],
+                              reason="UNDECODABLE_REQUEST")
+
+
+class CallRunner:
+    """Runs behaviours with the shared per-call concerns."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
+
+    def _principal(self, request: Any, context: grpc.aio.ServicerContext) -> Principal:
+        # Authentication comes first: an anonymous caller learns nothing, not even
+        # whether its request decoded.
+        principal = self._auth.authenticate(context.invocation_metadata())
+        _check_decoded(request)
+        return principal
+
+    def unary(self, method: str, behavior: UnaryBehavior) -> Callable[..., Awaitable[Message]]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Message:
+            started = time.perf_counter()
+            who = "-"
+            failure: RpcFailure | None = None
+            try:
+                principal = self._principal(request, context)
+                who = f"{principal.role.value}:{principal.subject}"
+                response, note = await behavior(principal, request)
+                _log(method, who, "OK", started, note)
+                return response
+            except DomainError as exc:
+                failure = failure_for(exc)
+            except asyncio.CancelledError:
+                _log(method, who, "CANCELLED", started, "")
+                raise
+            except Exception:
+                failure, ref = internal_failure()
+                log.exception("unexpected error in %s (reference %s)", method, ref)
+            _log(method, who, failure.code.name, started, failure.message)
+            await context.abort(failure.code, failure.message, failure.trailing_metadata())
+            raise AssertionError("abort returned")  # pragma: no cover
+
+        return handle
+
+    def stream(self, method: str, behavior: StreamBehavior) -> Callable[..., AsyncIterator[Message]]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+            started = time.perf_counter()
+            who = "-"
+            sent = 0
+            failure: RpcFailure | None = None
+            try:
+                principal = self._principal(request, context)
+                who = f"{principal.role.value}:{principal.subject}"
+                async for message in behavior(principal, request):
+                    yield message
+                    sent += 1
+                _log(method, who, "OK", started, f"sent={sent}")
+                return
+            except DomainError as exc:
+                failure = failure_for(exc)
+            except asyncio.CancelledError:
+                # Let the cancellation propagate: swallowing it leaks per-stream memory.
+                _log(method, who, "CANCELLED", started, f"sent={sent}")
+                raise
+            except Exception:
+                failure, ref = internal_failure()
+                log.exception("unexpected error in %s (reference %s)", method, ref)
+            _log(method, who, failure.code.name, started, f"sent={sent} {failure.message}")
+            await context.abort(failure.code, failure.message, failure.trailing_metadata())
+
+        return handle
+
+
+def _log(method: str, who: str, code: str, started: float, note: str) -> None:
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    log.info("rpc=%s caller=%s code=%s ms=%.1f %s", method, who, code, elapsed_ms, note)

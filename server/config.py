@@ -1,0 +1,76 @@
+"""Server settings: environment variables, overridden by command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the server can be configured with."""
+
+    host: str = "0.0.0.0"
+    """Address to listen on."""
+    port: int = 50051
+    """gRPC port; 0 picks a free one (tests)."""
+    data_dir: Path = Path("data")
+    """Folder of the embedded SQLite database and the development token key."""
+    database_url: str = ""
+    """SQLAlchemy async URL; empty means SQLite in data_dir."""
+    token_key: str = ""
+    """HS256 key that signs bearer tokens; empty means token_key_file, else a dev key."""
+    token_key_file: str = ""
+    """File holding the token key."""
+    log_level: str = "INFO"
+    """Python logging level."""
+    heartbeat_seconds: float = 10.0
+    """Idle room streams get a heartbeat this often."""
+    event_retention_seconds: float = 86400.0
+    """Room events older than this are pruned; resuming from before them gets a snapshot."""
+    shutdown_grace_seconds: float = 10.0
+    """On SIGTERM, in-flight calls get this long to finish."""
+    sqlite_synchronous: str = "FULL"
+    """SQLite PRAGMA synchronous: FULL survives power loss, NORMAL only process crashes."""
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'liveresource.db').resolve()}"
+
+
+_ENV = {
+    "host": "LIVERESOURCE_HOST",
+    "port": "LIVERESOURCE_PORT",
+    "data_dir": "LIVERESOURCE_DATA_DIR",
+    "database_url": "LIVERESOURCE_DATABASE_URL",
+    "token_key": "LIVERESOURCE_TOKEN_KEY",
+    "token_key_file": "LIVERESOURCE_TOKEN_KEY_FILE",
+    "log_level": "LIVERESOURCE_LOG_LEVEL",
+    "heartbeat_seconds": "LIVERESOURCE_HEARTBEAT_SECONDS",
+    "event_retention_seconds": "LIVERESOURCE_EVENT_RETENTION_SECONDS",
+    "shutdown_grace_seconds": "LIVERESOURCE_SHUTDOWN_GRACE_SECONDS",
+    "sqlite_synchronous": "LIVERESOURCE_SQLITE_SYNCHRONOUS",
+}
+
+
+def load_settings(argv: Sequence[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment, then flags (`--port 50051`, `--database-url ...`)."""
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+    parser = argparse.ArgumentParser(prog="liveresource-server",
+                                     description="Run the liveresource gRPC server.")
+    for name, var in _ENV.items():
+        default = getattr(defaults, name)
+        kind = type(default)
+        raw = env.get(var)
+        value = kind(raw) if raw not in (None, "") else default
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value,
+                            help=f"(env {var}; default {default})")
+    args = parser.parse_args(argv)
+    return Settings(**vars(args))

@@ -1,0 +1,1 @@
+"""Business rules of coupon pools, grants and redemptions: no gRPC, no SQL."""

@@ -1,0 +1,323 @@
+"""Domain records: rooms, pools, coupons, redemptions and room events (immutable values)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+
+class Role(enum.StrEnum):
+    """Who a caller is, as stated by its verified token."""
+
+    PLATFORM = "platform"
+    STREAMER = "streamer"
+    VIEWER = "viewer"
+    ORDER_SERVICE = "order_service"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    subject: str
+    role: Role
+
+
+class CouponKind(enum.StrEnum):
+    """The kinds of discount a coupon can carry."""
+
+    FIXED_AMOUNT = "fixed_amount"
+    PERCENT_OFF = "percent_off"
+
+
+class PoolState(enum.StrEnum):
+    """Lifecycle of a pool as viewers see it."""
+
+    SCHEDULED = "scheduled"
+    OPEN = "open"
+    SOLD_OUT = "sold_out"
+    CLOSED = "closed"
+
+
+class CloseReason(enum.StrEnum):
+    """Why a pool closed."""
+
+    STOPPED = "stopped"
+    WINDOW_ENDED = "window_ended"
+
+
+class Outcome(enum.StrEnum):
+    """The answer to a grab."""
+
+    GRANTED = "granted"
+    SOLD_OUT = "sold_out"
+    LIMIT_REACHED = "limit_reached"
+    NOT_OPEN_YET = "not_open_yet"
+    CLOSED = "closed"
+
+
+class CouponState(enum.StrEnum):
+    """Where a granted coupon stands."""
+
+    AVAILABLE = "available"
+    REDEEMED = "redeemed"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Goods:
+    """A sellable item and the shop selling it."""
+
+    goods_id: str
+    shop_id: str
+    title: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Shop:
+    """A shop linked to a room, with its goods."""
+
+    shop_id: str
+    name: str = ""
+    goods: tuple[Goods, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """A live room: owner, currency, featured goods and linked shops."""
+
+    room_id: str
+    streamer_id: str
+    currency_code: str
+    featured_goods: tuple[Goods, ...]
+    linked_shops: tuple[Shop, ...]
+    created_at: datetime
+
+    def goods_by_id(self) -> dict[str, Goods]:
+        """Every goods a pool of this room may target, featured ones first."""
+        found: dict[str, Goods] = {g.goods_id: g for g in self.featured_goods}
+        for shop in self.linked_shops:
+            for g in shop.goods:
+                found.setdefault(g.goods_id, g)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class CouponTerms:
+    """What a coupon is worth; amounts in minor units of the room's currency."""
+
+    kind: CouponKind
+    amount_off_minor: int = 0
+    percent_off: int = 0
+    max_discount_minor: int = 0
+    min_spend_minor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The goods a coupon applies to: listed goods plus every goods of listed shops."""
+
+    goods_ids: tuple[str, ...] = ()
+    shop_ids: tuple[str, ...] = ()
+
+    def covers(self, goods_id: str, shop_id: str) -> bool:
+        """Whether an order line for this goods of this shop is eligible."""
+        return goods_id in self.goods_ids or shop_id in self.shop_ids
+
+
+@dataclass(frozen=True, slots=True)
+class Validity:
+    """A coupon's validity: an absolute end, or a duration from its grant (exactly one)."""
+
+    valid_until: datetime | None = None
+    valid_for: timedelta | None = None
+
+    def end_for_grant(self, granted_at: datetime) -> datetime:
+        """When a coupon granted at `granted_at` stops being usable."""
+        if self.valid_for is not None:
+            return granted_at + self.valid_for
+        assert self.valid_until is not None
+        return self.valid_until
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """What a streamer asks for when creating a pool."""
+
+    title: str
+    terms: CouponTerms
+    target: Target
+    total_quantity: int
+    per_viewer_limit: int
+    claim_start: datetime | None
+    claim_end: datetime | None
+    validity: Validity
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A pool of coupons in a room. granted + remaining == total at all times."""
+
+    pool_id: str
+    room_id: str
+    title: str
+    terms: CouponTerms
+    target: Target
+    total_quantity: int
+    remaining_quantity: int
+    granted_quantity: int
+    withdrawn_quantity: int
+    per_viewer_limit: int
+    claim_start: datetime
+    claim_end: datetime | None
+    validity: Validity
+    currency_code: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None = None
+    close_reason: CloseReason | None = None
+    # The last state announced to the room's subscribers; lags state_at() until the
+    # lifecycle ticker (or the next write to the pool) announces the transition.
+    announced_state: PoolState = PoolState.SCHEDULED
+
+    def state_at(self, now: datetime) -> PoolState:
+        """The pool's state at `now`, derived from its window, stock and closing."""
+        if self.closed_at is not None or (self.claim_end is not None and now >= self.claim_end):
+            return PoolState.CLOSED
+        if now < self.claim_start:
+            return PoolState.SCHEDULED
+        if self.remaining_quantity <= 0:
+            return PoolState.SOLD_OUT
+        return PoolState.OPEN
+
+    def with_changes(self, **changes: object) -> Pool:
+        """A copy with some fields replaced."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Coupon:
+    """A coupon granted to a viewer."""
+
+    coupon_id: str
+    code: str
+    pool_id: str
+    room_id: str
+    viewer_id: str
+    terms: CouponTerms
+    target: Target
+    currency_code: str
+    valid_from: datetime
+    valid_until: datetime
+    redeemed_order_id: str | None = None
+
+    def state_at(self, now: datetime) -> CouponState:
+        """REDEEMED while on an order, else AVAILABLE until valid_until, then EXPIRED."""
+        if self.redeemed_order_id is not None:
+            return CouponState.REDEEMED
+        if now >= self.valid_until:
+            return CouponState.EXPIRED
+        return CouponState.AVAILABLE
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    """One line of an order to redeem a coupon on."""
+
+    goods_id: str
+    shop_id: str
+    unit_price_minor: int
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    """A coupon redeemed on an order (and perhaps released when the order was cancelled)."""
+
+    order_id: str
+    coupon: Coupon
+    eligible_subtotal_minor: int
+    discount_minor: int
+    redeemed_at: datetime
+    released_at: datetime | None = None
+
+
+class EventKind(enum.StrEnum):
+    """What a room event says happened."""
+
+    POOL_SCHEDULED = "pool_scheduled"
+    POOL_OPENED = "pool_opened"
+    POOL_CHANGED = "pool_changed"
+    STOCK_CHANGED = "stock_changed"
+    POOL_SOLD_OUT = "pool_sold_out"
+    POOL_CLOSED = "pool_closed"
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """A room event before the store gives it its sequence number."""
+
+    kind: EventKind
+    pool: Pool
+
+
+@dataclass(frozen=True, slots=True)
+class RoomEvent:
+    """A committed room event with its per-room sequence number."""
+
+    room_id: str
+    sequence: int
+    event_time: datetime
+    kind: EventKind
+    pool: Pool
+
+
+@dataclass(frozen=True, slots=True)
+class AllocationResult:
+    """The answer to one grab."""
+
+    outcome: Outcome
+    remaining_quantity: int
+    server_time: datetime
+    claim_start: datetime | None = None
+    coupon: Coupon | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSnapshot:
+    """A room's live pools as of one event sequence number."""
+
+    room_id: str
+    pools: tuple[Pool, ...]
+    sequence: int
+    server_time: datetime
+
+
+class SnapshotReason(enum.StrEnum):
+    """Why a subscriber is sent a snapshot."""
+
+    INITIAL = "initial"
+    RESUME_TOO_OLD = "resume_too_old"
+    RESUME_UNKNOWN = "resume_unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Nothing new for a while: the server's clock and the last sequence delivered."""
+
+    server_time: datetime
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMessage:
+    """A snapshot sent on a subscription, with why."""
+
+    snapshot: RoomSnapshot
+    reason: SnapshotReason
+
+
+SubscriptionItem = SnapshotMessage | RoomEvent | Heartbeat
+"""What a room subscription yields, in order."""

@@ -1,0 +1,52 @@
+"""Field checks shared by every request: identifiers, codes and ranges."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from server.domain.errors import FieldViolation
+
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def check_id(value: str, field: str, out: list[FieldViolation]) -> None:
+    """An identifier: 1-64 characters of [A-Za-z0-9._:-]."""
+    if not value:
+        out.append(FieldViolation(field, "is required"))
+    elif not _ID.match(value):
+        out.append(FieldViolation(field, "must be 1-64 characters of [A-Za-z0-9._:-]"))
+
+
+def check_request_id(value: str, field: str, out: list[FieldViolation]) -> None:
+    """An AIP-155 request id: a UUID."""
+    if not value:
+        out.append(FieldViolation(field, "is required (a UUID, reused on retries)"))
+        return
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        out.append(FieldViolation(field, "must be a UUID"))
+
+
+def check_currency(value: str, field: str, out: list[FieldViolation]) -> None:
+    """An ISO 4217 code: three upper-case letters."""
+    if not _CURRENCY.match(value):
+        out.append(FieldViolation(field, "must be an ISO 4217 code of three upper-case letters"))
+
+
+def check_range(value: int, bounds: tuple[int, int], field: str, out: list[FieldViolation]) -> None:
+    """An integer within inclusive bounds."""
+    low, high = bounds
+    if not low <= value <= high:
+        out.append(FieldViolation(field, f"must be between {low} and {high}, got {value}"))
+
+
+def check_text(value: str, field: str, max_len: int, out: list[FieldViolation], *,
+               required: bool = False) -> None:
+    """A display text of bounded length."""
+    if required and not value.strip():
+        out.append(FieldViolation(field, "is required"))
+    elif len(value) > max_len:
+        out.append(FieldViolation(field, f"must be at most {max_len} characters"))

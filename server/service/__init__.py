@@ -1,0 +1,1 @@
+"""Use cases: authorise, validate and carry out each operation over the store (no gRPC)."""

@@ -1,0 +1,84 @@
+"""StreamAllocationInfo: a room's snapshot, then its events in order, with heartbeats."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from server.domain.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from server.domain.models import (
+    Heartbeat,
+    PoolState,
+    Principal,
+    RoomSnapshot,
+    SnapshotMessage,
+    SnapshotReason,
+    SubscriptionItem,
+)
+from server.domain.validation import check_id
+from server.service.context import ServiceContext
+from server.streaming.feed import FeedRegistry
+
+
+async def _snapshot(ctx: ServiceContext, room_id: str, reason: SnapshotReason) -> SnapshotMessage:
+    async with ctx.store.transaction(write=False) as tx:
+        pools = await tx.live_pools(room_id)
+        bounds = await tx.event_bounds(room_id)
+    if bounds is None:
+        raise NotFound("room", room_id)
+    now = ctx.clock()
+    live = tuple(p for p in pools if p.state_at(now) is not PoolState.CLOSED)
+    return SnapshotMessage(RoomSnapshot(room_id, live, bounds.last, now), reason)
+
+
+async def subscribe(ctx: ServiceContext, feeds: FeedRegistry, principal: Principal,
+                    room_id: str, resume_after: int,
+                    heartbeat_seconds: float) -> AsyncIterator[SubscriptionItem]:
+    """Yield the room's allocation info: a snapshot or the missed events, then live events.
+
+    Any authenticated caller may subscribe. Sequence numbers delivered only grow, with no
+    gap: the cursor advances by exactly one event at a time.
+    """
+    del principal  # rooms are public to every authenticated caller
+    out: list[FieldViolation] = []
+    check_id(room_id, "room_id", out)
+    if resume_after < 0:
+        out.append(FieldViolation("resume_after_sequence", "must not be negative"))
+    if out:
+        raise InvalidArgument(out)
+    async with ctx.store.transaction(write=False) as tx:
+        bounds = await tx.event_bounds(room_id)
+    if bounds is None:
+        raise NotFound("room", room_id)
+    feed = feeds.join(room_id, bounds.last)
+    try:
+        if resume_after == 0 or resume_after > bounds.last:
+            reason = (SnapshotReason.INITIAL if resume_after == 0
+                      else SnapshotReason.RESUME_UNKNOWN)
+            snap = await _snapshot(ctx, room_id, reason)
+            yield snap
+            cursor = snap.snapshot.sequence
+        elif resume_after < bounds.first_retained - 1:
+            snap = await _snapshot(ctx, room_id, SnapshotReason.RESUME_TOO_OLD)
+            yield snap
+            cursor = snap.snapshot.sequence
+        else:
+            cursor = resume_after
+        while not feeds.closed:
+            events = await feed.read_after(cursor)
+            for event in events:
+                yield event
+                cursor = event.sequence
+            if events:
+                continue
+            if feed.known_last > cursor:
+                # Committed events we cannot read were pruned while we lagged: resync.
+                snap = await _snapshot(ctx, room_id, SnapshotReason.RESUME_TOO_OLD)
+                yield snap
+                cursor = snap.snapshot.sequence
+                continue
+            if not await feed.wait_past(cursor, heartbeat_seconds) and not feeds.closed:
+                yield Heartbeat(ctx.clock(), cursor)
+    finally:
+        feeds.leave(feed)
+    raise Unavailable("the server is shutting down; reconnect with resume_after_sequence",
+                      reason="SHUTTING_DOWN")

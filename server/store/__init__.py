@@ -1,0 +1,1 @@
+"""Persistence: one Store interface, implemented with SQLAlchemy (SQLite or PostgreSQL)."""

@@ -1,0 +1,100 @@
+"""The one interface the service uses to persist: a store that opens transactions.
+
+A Transaction offers the reads and writes of one unit of work; everything done through it
+commits together or not at all. Events appended in a transaction are published to the
+store's commit listeners only after the commit succeeds (a transactional outbox).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from server.domain.models import Coupon, EventDraft, Pool, Redemption, Room, RoomEvent
+
+CommitListener = Callable[[str, int], None]
+"""Called after a commit with (room_id, last event sequence committed for that room)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """Who asked, with which request_id, for what (method and a hash of the parameters)."""
+
+    subject: str
+    request_id: str
+    method: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """The answer recorded for an idempotency key."""
+
+    method: str
+    fingerprint: str
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventBounds:
+    """The sequence numbers a room can still replay: first_retained..last."""
+
+    first_retained: int
+    last: int
+
+
+class Transaction(Protocol):
+    """Reads and writes of one unit of work."""
+
+    async def get_answer(self, subject: str, request_id: str) -> StoredAnswer | None: ...
+    async def put_answer(self, key: IdempotencyKey, result: str, now: datetime) -> None: ...
+
+    async def get_room(self, room_id: str) -> Room | None: ...
+    async def insert_room(self, room: Room) -> None: ...
+
+    async def get_pool(self, pool_id: str, *, for_update: bool = False) -> Pool | None: ...
+    async def insert_pool(self, pool: Pool) -> None: ...
+    async def update_pool(self, pool: Pool) -> None: ...
+    async def live_pools(self, room_id: str) -> list[Pool]: ...
+    async def pools_due(self, now: datetime) -> list[Pool]: ...
+    async def next_due(self) -> datetime | None: ...
+
+    async def count_grants(self, pool_id: str, viewer_id: str) -> int: ...
+    async def insert_coupon(self, coupon: Coupon, request_id: str, slot: int,
+                            per_viewer_limit: int) -> None: ...
+    async def get_coupon(self, coupon_id: str) -> Coupon | None: ...
+    async def get_coupon_by_code(self, code: str) -> Coupon | None: ...
+    async def list_coupons(self, viewer_id: str, room_id: str,
+                           before: tuple[int, str] | None, limit: int) -> list[Coupon]: ...
+    async def set_coupon_order(self, coupon_id: str, order_id: str | None) -> None: ...
+
+    async def get_redemption(self, order_id: str) -> tuple[Redemption, str] | None: ...
+    async def insert_redemption(self, redemption: Redemption, fingerprint: str) -> None: ...
+    async def mark_released(self, order_id: str, released_at: datetime) -> None: ...
+
+    async def append_events(self, room_id: str, drafts: list[EventDraft],
+                            now: datetime) -> int: ...
+    async def events_after(self, room_id: str, after: int, limit: int) -> list[RoomEvent]: ...
+    async def event_bounds(self, room_id: str) -> EventBounds | None: ...
+
+
+class Store(Protocol):
+    """A transactional store."""
+
+    async def start(self) -> None:
+        """Create or upgrade the schema (Alembic) and get ready to serve."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    def transaction(self, *, write: bool) -> AbstractAsyncContextManager[Transaction]:
+        """A unit of work; `write=False` gives a consistent read-only view."""
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Be told of every room whose events were committed."""
+
+    async def prune_events(self, older_than: datetime) -> int:
+        """Delete events committed before `older_than`; returns how many."""

@@ -1,0 +1,335 @@
+"""The Store implemented with SQLAlchemy 2 async Core, on SQLite (aiosqlite) or PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, delete, event, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from server.domain.errors import Conflict, Unavailable
+from server.domain.models import (
+    Coupon,
+    EventDraft,
+    EventKind,
+    Pool,
+    Redemption,
+    Room,
+    RoomEvent,
+)
+from server.store import codec
+from server.store.interface import CommitListener, EventBounds, IdempotencyKey, StoredAnswer
+from server.store.migrate import upgrade_to_head
+from server.store.schema import coupons, idempotency, pools, redemptions, room_events, rooms
+
+log = logging.getLogger(__name__)
+
+_COUPON_COLUMNS = (
+    coupons.c.coupon_id, coupons.c.code, coupons.c.pool_id, coupons.c.room_id,
+    coupons.c.viewer_id, coupons.c.valid_from_us, coupons.c.valid_until_us,
+    coupons.c.redeemed_order_id, pools.c.terms, pools.c.target, pools.c.currency_code,
+)
+
+
+def _coupon_from_row(r: Mapping[str, Any]) -> Coupon:
+    return codec.coupon_from_dict(r)
+
+
+def _room_from_row(r: Mapping[str, Any]) -> Room:
+    featured, shops = codec.catalogue_from_json(r["catalogue"])
+    return Room(room_id=r["room_id"], streamer_id=r["streamer_id"],
+                currency_code=r["currency_code"], featured_goods=featured, linked_shops=shops,
+                created_at=codec.from_us(r["created_at_us"]))
+
+
+class SqlTransaction:
+    """One unit of work on one connection; see interface.Transaction."""
+
+    def __init__(self, conn: AsyncConnection, *, postgres: bool) -> None:
+        self._conn = conn
+        self._postgres = postgres
+        # Rooms whose events this transaction appended, with the last sequence: published
+        # to listeners only once the commit succeeded.
+        self.appended: dict[str, int] = {}
+
+    async def _one(self, stmt: Any) -> Mapping[str, Any] | None:
+        row = (await self._conn.execute(stmt)).mappings().first()
+        return row
+
+    async def get_answer(self, subject: str, request_id: str) -> StoredAnswer | None:
+        r = await self._one(select(idempotency.c.method, idempotency.c.fingerprint,
+                                   idempotency.c.result).where(
+            idempotency.c.subject == subject, idempotency.c.request_id == request_id))
+        return None if r is None else StoredAnswer(r["method"], r["fingerprint"], r["result"])
+
+    async def put_answer(self, key: IdempotencyKey, result: str, now: datetime) -> None:
+        await self._conn.execute(insert(idempotency).values(
+            subject=key.subject, request_id=key.request_id, method=key.method,
+            fingerprint=key.fingerprint, result=result, created_at_us=codec.to_us(now)))
+
+    async def get_room(self, room_id: str) -> Room | None:
+        r = await self._one(select(rooms).where(rooms.c.room_id == room_id))
+        return None if r is None else _room_from_row(r)
+
+    async def insert_room(self, room: Room) -> None:
+        await self._conn.execute(insert(rooms).values(
+            room_id=room.room_id, streamer_id=room.streamer_id,
+            currency_code=room.currency_code,
+            catalogue=codec.catalogue_to_json(room.featured_goods, room.linked_shops),
+            created_at_us=codec.to_us(room.created_at), last_event_seq=0, first_retained_seq=1))
+
+    async def get_pool(self, pool_id: str, *, for_update: bool = False) -> Pool | None:
+        stmt = select(pools).where(pools.c.pool_id == pool_id)
+        if for_update and self._postgres:
+            stmt = stmt.with_for_update()
+        r = await self._one(stmt)
+        return None if r is None else codec.pool_from_row(r)
+
+    async def insert_pool(self, pool: Pool) -> None:
+        await self._conn.execute(insert(pools).values(codec.pool_to_row(pool)))
+
+    async def update_pool(self, pool: Pool) -> None:
+        row = codec.pool_to_row(pool)
+        del row["pool_id"]
+        result = await self._conn.execute(
+            update(pools).where(pools.c.pool_id == pool.pool_id).values(row))
+        if result.rowcount != 1:
+            raise RuntimeError(f"pool {pool.pool_id} vanished during its update")
+
+    async def live_pools(self, room_id: str) -> list[Pool]:
+        rows = (await self._conn.execute(
+            select(pools).where(pools.c.room_id == room_id, pools.c.closed_at_us.is_(None))
+            .order_by(pools.c.claim_start_us, pools.c.pool_id))).mappings().all()
+        return [codec.pool_from_row(r) for r in rows]
+
+    async def pools_due(self, now: datetime) -> list[Pool]:
+        at = codec.to_us(now)
+        stmt = select(pools).where(or_(
+            and_(pools.c.announced_state == "scheduled", pools.c.claim_start_us <= at),
+            and_(pools.c.announced_state.in_(("open", "sold_out")),
+                 pools.c.claim_end_us.is_not(None), pools.c.claim_end_us <= at),
+        )).order_by(pools.c.pool_id)
+        if self._postgres:
+            stmt = stmt.with_for_update(skip_locked=True)
+        rows = (await self._conn.execute(stmt)).mappings().all()
+        return [codec.pool_from_row(r) for r in rows]
+
+    async def next_due(self) -> datetime | None:
+        starts = select(func.min(pools.c.claim_start_us)).where(
+            pools.c.announced_state == "scheduled").scalar_subquery()
+        ends = select(func.min(pools.c.claim_end_us)).where(
+            pools.c.announced_state.in_(("open", "sold_out"))).scalar_subquery()
+        r = (await self._conn.execute(select(starts, ends))).first()
+        candidates = [v for v in (r[0], r[1]) if v is not None] if r else []
+        return codec.from_us(min(candidates)) if candidates else None
+
+    async def count_grants(self, pool_id: str, viewer_id: str) -> int:
+        r = await self._conn.execute(select(func.count()).select_from(coupons).where(
+            coupons.c.pool_id == pool_id, coupons.c.viewer_id == viewer_id))
+        return int(r.scalar_one())
+
+    async def insert_coupon(self, coupon: Coupon, request_id: str, slot: int,
+                            per_viewer_limit: int) -> None:
+        await self._conn.execute(insert(coupons).values(
+            coupon_id=coupon.coupon_id, code=coupon.code, pool_id=coupon.pool_id,
+            room_id=coupon.room_id, viewer_id=coupon.viewer_id, request_id=request_id,
+            slot=slot, per_viewer_limit=per_viewer_limit,
+            valid_from_us=codec.to_us(coupon.valid_from),
+            valid_until_us=codec.to_us(coupon.valid_until),
+            redeemed_order_id=coupon.redeemed_order_id))
+
+    def _coupon_query(self) -> Any:
+        return select(*_COUPON_COLUMNS).select_from(
+            coupons.join(pools, coupons.c.pool_id == pools.c.pool_id))
+
+    async def get_coupon(self, coupon_id: str) -> Coupon | None:
+        r = await self._one(self._coupon_query().where(coupons.c.coupon_id == coupon_id))
+        return None if r is None else _coupon_from_row(r)
+
+    async def get_coupon_by_code(self, code: str) -> Coupon | None:
+        stmt = self._coupon_query().where(coupons.c.code == code)
+        if self._postgres:
+            stmt = stmt.with_for_update(of=coupons)
+        r = await self._one(stmt)
+        return None if r is None else _coupon_from_row(r)
+
+    async def list_coupons(self, viewer_id: str, room_id: str,
+                           before: tuple[int, str] | None, limit: int) -> list[Coupon]:
+        stmt = self._coupon_query().where(coupons.c.viewer_id == viewer_id)
+        if room_id:
+            stmt = stmt.where(coupons.c.room_id == room_id)
+        if before is not None:
+            at, coupon_id = before
+            stmt = stmt.where(or_(coupons.c.valid_from_us < at, and_(
+                coupons.c.valid_from_us == at, coupons.c.coupon_id < coupon_id)))
+        stmt = stmt.order_by(coupons.c.valid_from_us.desc(), coupons.c.coupon_id.desc())
+        rows = (await self._conn.execute(stmt.limit(limit))).mappings().all()
+        return [_coupon_from_row(r) for r in rows]
+
+    async def set_coupon_order(self, coupon_id: str, order_id: str | None) -> None:
+        await self._conn.execute(update(coupons).where(coupons.c.coupon_id == coupon_id)
+                                 .values(redeemed_order_id=order_id))
+
+    async def get_redemption(self, order_id: str) -> tuple[Redemption, str] | None:
+        r = await self._one(select(redemptions).where(redemptions.c.order_id == order_id))
+        if r is None:
+            return None
+        coupon = await self.get_coupon(r["coupon_id"])
+        assert coupon is not None, "a redemption's coupon is held by a foreign key"
+        redemption = Redemption(
+            order_id=r["order_id"], coupon=coupon,
+            eligible_subtotal_minor=r["eligible_subtotal_minor"],
+            discount_minor=r["discount_minor"], redeemed_at=codec.from_us(r["redeemed_at_us"]),
+            released_at=codec.opt_dt(r["released_at_us"]))
+        return redemption, r["fingerprint"]
+
+    async def insert_redemption(self, redemption: Redemption, fingerprint: str) -> None:
+        await self._conn.execute(insert(redemptions).values(
+            order_id=redemption.order_id, coupon_id=redemption.coupon.coupon_id,
+            fingerprint=fingerprint, eligible_subtotal_minor=redemption.eligible_subtotal_minor,
+            discount_minor=redemption.discount_minor,
+            redeemed_at_us=codec.to_us(redemption.redeemed_at), released_at_us=None))
+
+    async def mark_released(self, order_id: str, released_at: datetime) -> None:
+        await self._conn.execute(update(redemptions).where(redemptions.c.order_id == order_id)
+                                 .values(released_at_us=codec.to_us(released_at)))
+
+    async def append_events(self, room_id: str, drafts: list[EventDraft], now: datetime) -> int:
+        if not drafts:
+            return self.appended.get(room_id, 0)
+        # The room row's counter hands out sequence numbers: incrementing it locks the row,
+        # so concurrent writers to one room commit their events in sequence order.
+        last = (await self._conn.execute(
+            update(rooms).where(rooms.c.room_id == room_id)
+            .values(last_event_seq=rooms.c.last_event_seq + len(drafts))
+            .returning(rooms.c.last_event_seq))).scalar_one()
+        first = last - len(drafts) + 1
+        at = codec.to_us(now)
+        await self._conn.execute(insert(room_events), [
+            {"room_id": room_id, "seq": first + i, "kind": d.kind.value,
+             "pool_id": d.pool.pool_id, "payload": codec.pool_to_json(d.pool),
+             "created_at_us": at}
+            for i, d in enumerate(drafts)
+        ])
+        self.appended[room_id] = last
+        return int(last)
+
+    async def events_after(self, room_id: str, after: int, limit: int) -> list[RoomEvent]:
+        rows = (await self._conn.execute(
+            select(room_events).where(room_events.c.room_id == room_id,
+                                      room_events.c.seq > after)
+            .order_by(room_events.c.seq).limit(limit))).mappings().all()
+        return [RoomEvent(room_id=r["room_id"], sequence=r["seq"],
+                          event_time=codec.from_us(r["created_at_us"]),
+                          kind=EventKind(r["kind"]), pool=codec.pool_from_json(r["payload"]))
+                for r in rows]
+
+    async def event_bounds(self, room_id: str) -> EventBounds | None:
+        r = await self._one(select(rooms.c.first_retained_seq, rooms.c.last_event_seq)
+                            .where(rooms.c.room_id == room_id))
+        return None if r is None else EventBounds(r["first_retained_seq"], r["last_event_seq"])
+
+
+class SqlStore:
+    """Store over a SQLAlchemy async engine. See interface.Store."""
+
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", echo: bool = False) -> None:
+        self.url = url
+        self._postgres = url.startswith("postgresql")
+        self._sqlite = url.startswith("sqlite")
+        if self._sqlite:
+            _ensure_sqlite_folder(url)
+        self.engine: AsyncEngine = create_async_engine(url, echo=echo, pool_pre_ping=False)
+        if self._sqlite:
+            _configure_sqlite(self.engine, sqlite_synchronous)
+        # SQLite has one writer at a time: queue writers here instead of on SQLITE_BUSY.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
+        self._listeners: list[CommitListener] = []
+
+    async def start(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(upgrade_to_head)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool) -> AsyncIterator[SqlTransaction]:
+        if write and self._write_lock is not None:
+            async with self._write_lock:
+                async with self._begin(write) as tx:
+                    yield tx
+        else:
+            async with self._begin(write) as tx:
+                yield tx
+
+    @asynccontextmanager
+    async def _begin(self, write: bool) -> AsyncIterator[SqlTransaction]:
+        try:
+            async with self.engine.connect() as conn:
+                if self._postgres and not write:
+                    # One snapshot for every read of the unit of work.
+                    conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+                async with conn.begin():
+                    tx = SqlTransaction(conn, postgres=self._postgres)
+                    yield tx
+        except IntegrityError as exc:
+            # A constraint refused the write: a concurrent change got there first. Nothing
+            # was committed, so the caller may retry with the same request_id.
+            log.warning("transaction refused by a constraint: %s", exc.orig)
+            raise Conflict("a concurrent change won; retry", reason="CONCURRENT_CHANGE") from exc
+        except DBAPIError as exc:
+            log.error("database unavailable: %s", exc)
+            raise Unavailable("the database is unavailable; retry",
+                              reason="STORE_UNAVAILABLE") from exc
+        for room_id, seq in tx.appended.items():
+            for listener in self._listeners:
+                listener(room_id, seq)
+
+    async def prune_events(self, older_than: datetime) -> int:
+        async with self.transaction(write=True) as tx:
+            conn = tx._conn
+            result = await conn.execute(delete(room_events).where(
+                room_events.c.created_at_us < codec.to_us(older_than)))
+            if result.rowcount:
+                oldest = select(func.min(room_events.c.seq)).where(
+                    room_events.c.room_id == rooms.c.room_id).scalar_subquery()
+                await conn.execute(update(rooms).values(
+                    first_retained_seq=func.coalesce(oldest, rooms.c.last_event_seq + 1)))
+            return int(result.rowcount or 0)
+
+
+def _ensure_sqlite_folder(url: str) -> None:
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
+    """WAL, durable commits, foreign keys, and transactions that really begin at BEGIN."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver so a read transaction is a real snapshot.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
