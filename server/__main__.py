@@ -26,8 +26,9 @@ async def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `liveresource-server` and `make run`."""
     settings = load_settings(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     asyncio.run(serve(settings))
 
 

@@ -68,35 +68,42 @@ class RunningServer:
 async def start_server(settings: Settings, *, clock: Clock = utc_now) -> RunningServer:
     """Start serving on settings.host:settings.port (0 picks a free port)."""
     key = load_token_key(settings.token_key, settings.token_key_file, settings.data_dir)
-    store = SqlStore(settings.resolved_database_url(),
-                     sqlite_synchronous=settings.sqlite_synchronous)
+    store = SqlStore(
+        settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
+    )
     await store.start()
     ctx = ServiceContext(store=store, clock=clock)
     feeds = FeedRegistry(store)
     ticker = LifecycleTicker(ctx)
-    servicer = Servicer(ctx=ctx, feeds=feeds, ticker=ticker,
-                        heartbeat_seconds=settings.heartbeat_seconds)
+    servicer = Servicer(
+        ctx=ctx, feeds=feeds, ticker=ticker, heartbeat_seconds=settings.heartbeat_seconds
+    )
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
     server.add_generic_rpc_handlers((servicer.handler(CallRunner(Authenticator(key))),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = RunningServer(server=server, port=port, store=store, feeds=feeds,
-                            health=health_servicer)
+    running = RunningServer(
+        server=server, port=port, store=store, feeds=feeds, health=health_servicer
+    )
     running.tasks.append(asyncio.create_task(ticker.run(), name="lifecycle"))
     retention = timedelta(seconds=settings.event_retention_seconds)
     running.tasks.append(asyncio.create_task(prune_forever(ctx, retention), name="prune"))
-    log.info("liveresource serving on %s:%d (database %s)", settings.host, port,
-             _redact(store.url))
+    log.info("liveresource serving on %s:%d (database %s)", settings.host, port, _redact(store.url))
     return running
 
 

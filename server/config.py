@@ -58,19 +58,25 @@ _ENV = {
 }
 
 
-def load_settings(argv: Sequence[str] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Settings from the environment, then flags (`--port 50051`, `--database-url ...`)."""
     env = os.environ if environ is None else environ
     defaults = Settings()
-    parser = argparse.ArgumentParser(prog="liveresource-server",
-                                     description="Run the liveresource gRPC server.")
+    parser = argparse.ArgumentParser(
+        prog="liveresource-server", description="Run the liveresource gRPC server."
+    )
     for name, var in _ENV.items():
         default = getattr(defaults, name)
         kind = type(default)
         raw = env.get(var)
         value = kind(raw) if raw not in (None, "") else default
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value,
-                            help=f"(env {var}; default {default})")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=value,
+            help=f"(env {var}; default {default})",
+        )
     args = parser.parse_args(argv)
     return Settings(**vars(args))

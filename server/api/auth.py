@@ -30,8 +30,11 @@ def load_token_key(key: str, key_file: str, data_dir: Path) -> str:
         data_dir.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(32))
-        log.warning("no token key configured: created development key %s "
-                    "(mint tokens with `liveresource token`)", path)
+        log.warning(
+            "no token key configured: created development key %s "
+            "(mint tokens with `liveresource token`)",
+            path,
+        )
     return path.read_text().strip()
 
 
@@ -50,15 +53,22 @@ class Authenticator:
                 break
         scheme, _, token = header.partition(" ")
         if not header:
-            raise Unauthenticated("missing `authorization: Bearer <token>` metadata",
-                                  reason="MISSING_TOKEN")
+            raise Unauthenticated(
+                "missing `authorization: Bearer <token>` metadata", reason="MISSING_TOKEN"
+            )
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("authorization metadata must be `Bearer <token>`",
-                                  reason="MALFORMED_TOKEN")
+            raise Unauthenticated(
+                "authorization metadata must be `Bearer <token>`", reason="MALFORMED_TOKEN"
+            )
         try:
-            claims = jwt.decode(token.strip(), self._key, algorithms=["HS256"],
-                                audience=AUDIENCE, leeway=self._leeway,
-                                options={"require": ["exp", "sub"]})
+            claims = jwt.decode(
+                token.strip(),
+                self._key,
+                algorithms=["HS256"],
+                audience=AUDIENCE,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub"]},
+            )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED") from exc
         except jwt.PyJWTError as exc:

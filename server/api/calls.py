@@ -4,9 +4,10 @@ log line per call. Servicer methods only see a Principal and a decoded request."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -21,7 +22,7 @@ log = logging.getLogger("liveresource.calls")
 
 UnaryBehavior = Callable[[Principal, Any], Awaitable[tuple[Message, str]]]
 """Returns the response and a short note for the call's log line."""
-StreamBehavior = Callable[[Principal, Any], AsyncIterator[Message]]
+StreamBehavior = Callable[[Principal, Any], AsyncGenerator[Message, None]]
 
 
 class Undecodable:
@@ -46,9 +47,10 @@ def safe_deserializer(message_type: type[Message]) -> Callable[[bytes], Any]:
 
 def _check_decoded(request: Any) -> None:
     if isinstance(request, Undecodable):
-        raise InvalidArgument([FieldViolation("", f"the request bytes do not decode as "
-                                                  f"{request.type_name}")],
-                              reason="UNDECODABLE_REQUEST")
+        raise InvalidArgument(
+            [FieldViolation("", f"the request bytes do not decode as {request.type_name}")],
+            reason="UNDECODABLE_REQUEST",
+        )
 
 
 class CallRunner:
@@ -89,7 +91,9 @@ class CallRunner:
 
         return handle
 
-    def stream(self, method: str, behavior: StreamBehavior) -> Callable[..., AsyncIterator[Message]]:
+    def stream(
+        self, method: str, behavior: StreamBehavior
+    ) -> Callable[..., AsyncIterator[Message]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
             started = time.perf_counter()
             who = "-"
@@ -98,9 +102,11 @@ class CallRunner:
             try:
                 principal = self._principal(request, context)
                 who = f"{principal.role.value}:{principal.subject}"
-                async for message in behavior(principal, request):
-                    yield message
-                    sent += 1
+                # aclosing: the behaviour's cleanup runs now, not whenever it is collected.
+                async with contextlib.aclosing(behavior(principal, request)) as messages:
+                    async for message in messages:
+                        yield message
+                        sent += 1
                 _log(method, who, "OK", started, f"sent={sent}")
                 return
             except DomainError as exc:

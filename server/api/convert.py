@@ -26,26 +26,38 @@ _MIN_SECONDS = -62135596800  # 0001-01-01T00:00:00Z
 _MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 _MAX_DURATION_SECONDS = 315576000000
 
-_KIND_IN = {res.COUPON_KIND_FIXED_AMOUNT: m.CouponKind.FIXED_AMOUNT,
-            res.COUPON_KIND_PERCENT_OFF: m.CouponKind.PERCENT_OFF}
+_KIND_IN = {
+    res.COUPON_KIND_FIXED_AMOUNT: m.CouponKind.FIXED_AMOUNT,
+    res.COUPON_KIND_PERCENT_OFF: m.CouponKind.PERCENT_OFF,
+}
 _KIND_OUT = {v: k for k, v in _KIND_IN.items()}
-_POOL_STATE = {m.PoolState.SCHEDULED: res.POOL_STATE_SCHEDULED,
-               m.PoolState.OPEN: res.POOL_STATE_OPEN,
-               m.PoolState.SOLD_OUT: res.POOL_STATE_SOLD_OUT,
-               m.PoolState.CLOSED: res.POOL_STATE_CLOSED}
-_COUPON_STATE = {m.CouponState.AVAILABLE: res.COUPON_STATE_AVAILABLE,
-                 m.CouponState.REDEEMED: res.COUPON_STATE_REDEEMED,
-                 m.CouponState.EXPIRED: res.COUPON_STATE_EXPIRED}
-_OUTCOME = {m.Outcome.GRANTED: svc.ALLOCATION_OUTCOME_GRANTED,
-            m.Outcome.SOLD_OUT: svc.ALLOCATION_OUTCOME_SOLD_OUT,
-            m.Outcome.LIMIT_REACHED: svc.ALLOCATION_OUTCOME_LIMIT_REACHED,
-            m.Outcome.NOT_OPEN_YET: svc.ALLOCATION_OUTCOME_NOT_OPEN_YET,
-            m.Outcome.CLOSED: svc.ALLOCATION_OUTCOME_CLOSED}
-_REASON = {m.SnapshotReason.INITIAL: ev.SNAPSHOT_REASON_INITIAL,
-           m.SnapshotReason.RESUME_TOO_OLD: ev.SNAPSHOT_REASON_RESUME_TOO_OLD,
-           m.SnapshotReason.RESUME_UNKNOWN: ev.SNAPSHOT_REASON_RESUME_UNKNOWN}
-_CLOSE = {m.CloseReason.STOPPED: ev.CLOSE_REASON_STOPPED,
-          m.CloseReason.WINDOW_ENDED: ev.CLOSE_REASON_WINDOW_ENDED}
+_POOL_STATE = {
+    m.PoolState.SCHEDULED: res.POOL_STATE_SCHEDULED,
+    m.PoolState.OPEN: res.POOL_STATE_OPEN,
+    m.PoolState.SOLD_OUT: res.POOL_STATE_SOLD_OUT,
+    m.PoolState.CLOSED: res.POOL_STATE_CLOSED,
+}
+_COUPON_STATE = {
+    m.CouponState.AVAILABLE: res.COUPON_STATE_AVAILABLE,
+    m.CouponState.REDEEMED: res.COUPON_STATE_REDEEMED,
+    m.CouponState.EXPIRED: res.COUPON_STATE_EXPIRED,
+}
+_OUTCOME = {
+    m.Outcome.GRANTED: svc.ALLOCATION_OUTCOME_GRANTED,
+    m.Outcome.SOLD_OUT: svc.ALLOCATION_OUTCOME_SOLD_OUT,
+    m.Outcome.LIMIT_REACHED: svc.ALLOCATION_OUTCOME_LIMIT_REACHED,
+    m.Outcome.NOT_OPEN_YET: svc.ALLOCATION_OUTCOME_NOT_OPEN_YET,
+    m.Outcome.CLOSED: svc.ALLOCATION_OUTCOME_CLOSED,
+}
+_REASON = {
+    m.SnapshotReason.INITIAL: ev.SNAPSHOT_REASON_INITIAL,
+    m.SnapshotReason.RESUME_TOO_OLD: ev.SNAPSHOT_REASON_RESUME_TOO_OLD,
+    m.SnapshotReason.RESUME_UNKNOWN: ev.SNAPSHOT_REASON_RESUME_UNKNOWN,
+}
+_CLOSE = {
+    m.CloseReason.STOPPED: ev.CLOSE_REASON_STOPPED,
+    m.CloseReason.WINDOW_ENDED: ev.CLOSE_REASON_WINDOW_ENDED,
+}
 
 
 def fingerprint(request: Message, *, without: str = "") -> str:
@@ -58,21 +70,28 @@ def fingerprint(request: Message, *, without: str = "") -> str:
 
 # --- wire to domain ---------------------------------------------------------------------
 
-def timestamp_in(ts: timestamp_pb2.Timestamp, field: str,
-                 out: list[FieldViolation]) -> datetime | None:
+
+def timestamp_in(
+    ts: timestamp_pb2.Timestamp, field: str, out: list[FieldViolation]
+) -> datetime | None:
     """A Timestamp as an aware UTC datetime (microseconds), or a violation."""
     if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
         out.append(FieldViolation(field, "is not a valid timestamp"))
         return None
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=ts.seconds,
-                                                        microseconds=ts.nanos // 1000)
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
+        seconds=ts.seconds, microseconds=ts.nanos // 1000
+    )
 
 
-def duration_in(d: duration_pb2.Duration, field: str,
-                out: list[FieldViolation]) -> timedelta | None:
+def duration_in(
+    d: duration_pb2.Duration, field: str, out: list[FieldViolation]
+) -> timedelta | None:
     """A Duration as a timedelta, or a violation."""
-    if not (abs(d.seconds) <= _MAX_DURATION_SECONDS and abs(d.nanos) < 1_000_000_000
-            and (d.seconds == 0 or d.nanos == 0 or (d.seconds > 0) == (d.nanos > 0))):
+    if not (
+        abs(d.seconds) <= _MAX_DURATION_SECONDS
+        and abs(d.nanos) < 1_000_000_000
+        and (d.seconds == 0 or d.nanos == 0 or (d.seconds > 0) == (d.nanos > 0))
+    ):
         out.append(FieldViolation(field, "is not a valid duration"))
         return None
     return timedelta(seconds=d.seconds, microseconds=d.nanos // 1000)
@@ -84,11 +103,18 @@ def goods_in(g: res.Goods, shop_id: str = "") -> m.Goods:
 
 def room_in(r: res.Room) -> m.Room:
     """The room of a RegisterRoom request (create_time ignored)."""
-    shops = tuple(m.Shop(s.shop_id, s.name, tuple(goods_in(g, s.shop_id) for g in s.goods))
-                  for s in r.linked_shops)
-    return m.Room(room_id=r.room_id, streamer_id=r.streamer_id, currency_code=r.currency_code,
-                  featured_goods=tuple(goods_in(g) for g in r.featured_goods),
-                  linked_shops=shops, created_at=datetime.now(UTC))
+    shops = tuple(
+        m.Shop(s.shop_id, s.name, tuple(goods_in(g, s.shop_id) for g in s.goods))
+        for s in r.linked_shops
+    )
+    return m.Room(
+        room_id=r.room_id,
+        streamer_id=r.streamer_id,
+        currency_code=r.currency_code,
+        featured_goods=tuple(goods_in(g) for g in r.featured_goods),
+        linked_shops=shops,
+        created_at=datetime.now(UTC),
+    )
 
 
 def _terms_in(t: res.CouponTerms, field: str, out: list[FieldViolation]) -> m.CouponTerms:
@@ -96,9 +122,13 @@ def _terms_in(t: res.CouponTerms, field: str, out: list[FieldViolation]) -> m.Co
     if kind is None:
         out.append(FieldViolation(f"{field}.kind", "is required: FIXED_AMOUNT or PERCENT_OFF"))
         kind = m.CouponKind.FIXED_AMOUNT
-    return m.CouponTerms(kind=kind, amount_off_minor=t.amount_off_minor,
-                         percent_off=t.percent_off, max_discount_minor=t.max_discount_minor,
-                         min_spend_minor=t.min_spend_minor)
+    return m.CouponTerms(
+        kind=kind,
+        amount_off_minor=t.amount_off_minor,
+        percent_off=t.percent_off,
+        max_discount_minor=t.max_discount_minor,
+        min_spend_minor=t.min_spend_minor,
+    )
 
 
 def _validity_in(v: res.CouponValidity, field: str, out: list[FieldViolation]) -> m.Validity:
@@ -119,16 +149,26 @@ def configure_op_in(request: svc.ConfigureResourcesRequest) -> ConfigureOp:
     if which == "create_pool":
         c = request.create_pool
         f = "create_pool"
-        start = (timestamp_in(c.claim_start_time, f"{f}.claim_start_time", out)
-                 if c.HasField("claim_start_time") else None)
-        end = (timestamp_in(c.claim_end_time, f"{f}.claim_end_time", out)
-               if c.HasField("claim_end_time") else None)
+        start = (
+            timestamp_in(c.claim_start_time, f"{f}.claim_start_time", out)
+            if c.HasField("claim_start_time")
+            else None
+        )
+        end = (
+            timestamp_in(c.claim_end_time, f"{f}.claim_end_time", out)
+            if c.HasField("claim_end_time")
+            else None
+        )
         spec = m.PoolSpec(
-            title=c.title, terms=_terms_in(c.terms, f"{f}.terms", out),
+            title=c.title,
+            terms=_terms_in(c.terms, f"{f}.terms", out),
             target=m.Target(tuple(c.target.goods_ids), tuple(c.target.shop_ids)),
-            total_quantity=c.total_quantity, per_viewer_limit=c.per_viewer_limit,
-            claim_start=start, claim_end=end,
-            validity=_validity_in(c.validity, f"{f}.validity", out))
+            total_quantity=c.total_quantity,
+            per_viewer_limit=c.per_viewer_limit,
+            claim_start=start,
+            claim_end=end,
+            validity=_validity_in(c.validity, f"{f}.validity", out),
+        )
         op = CreatePoolOp(spec)
     elif which == "add_stock":
         a = request.add_stock
@@ -136,16 +176,25 @@ def configure_op_in(request: svc.ConfigureResourcesRequest) -> ConfigureOp:
     elif which == "update_claim_window":
         w = request.update_claim_window
         f = "update_claim_window"
-        start = (timestamp_in(w.claim_start_time, f"{f}.claim_start_time", out)
-                 if w.HasField("claim_start_time") else None)
-        end = (timestamp_in(w.claim_end_time, f"{f}.claim_end_time", out)
-               if w.HasField("claim_end_time") else None)
+        start = (
+            timestamp_in(w.claim_start_time, f"{f}.claim_start_time", out)
+            if w.HasField("claim_start_time")
+            else None
+        )
+        end = (
+            timestamp_in(w.claim_end_time, f"{f}.claim_end_time", out)
+            if w.HasField("claim_end_time")
+            else None
+        )
         op = UpdateWindowOp(w.pool_id, w.expected_version, start, end)
     elif which == "stop_pool":
         op = StopPoolOp(request.stop_pool.pool_id, request.stop_pool.expected_version)
     else:
-        out.append(FieldViolation("operation", "is required: create_pool, add_stock, "
-                                               "update_claim_window or stop_pool"))
+        out.append(
+            FieldViolation(
+                "operation", "is required: create_pool, add_stock, update_claim_window or stop_pool"
+            )
+        )
     if out:
         raise InvalidArgument(out)
     return op
@@ -156,6 +205,7 @@ def order_lines_in(lines: list[res.OrderLine]) -> list[m.OrderLine]:
 
 
 # --- domain to wire ---------------------------------------------------------------------
+
 
 def ts(value: datetime) -> timestamp_pb2.Timestamp:
     out = timestamp_pb2.Timestamp()
@@ -172,17 +222,25 @@ def _shop_out(s: m.Shop) -> res.Shop:
 
 
 def room_out(r: m.Room) -> res.Room:
-    return res.Room(room_id=r.room_id, streamer_id=r.streamer_id,
-                    currency_code=r.currency_code,
-                    featured_goods=[_goods_out(g) for g in r.featured_goods],
-                    linked_shops=[_shop_out(s) for s in r.linked_shops],
-                    create_time=ts(r.created_at))
+    return res.Room(
+        room_id=r.room_id,
+        streamer_id=r.streamer_id,
+        currency_code=r.currency_code,
+        featured_goods=[_goods_out(g) for g in r.featured_goods],
+        linked_shops=[_shop_out(s) for s in r.linked_shops],
+        create_time=ts(r.created_at),
+    )
 
 
 def terms_out(t: m.CouponTerms, currency_code: str) -> res.CouponTerms:
-    return res.CouponTerms(kind=_KIND_OUT[t.kind], amount_off_minor=t.amount_off_minor,
-                           percent_off=t.percent_off, max_discount_minor=t.max_discount_minor,
-                           min_spend_minor=t.min_spend_minor, currency_code=currency_code)
+    return res.CouponTerms(
+        kind=_KIND_OUT[t.kind],
+        amount_off_minor=t.amount_off_minor,
+        percent_off=t.percent_off,
+        max_discount_minor=t.max_discount_minor,
+        min_spend_minor=t.min_spend_minor,
+        currency_code=currency_code,
+    )
 
 
 def target_out(t: m.Target) -> res.TargetGoods:
@@ -201,14 +259,23 @@ def validity_out(v: m.Validity) -> res.CouponValidity:
 def pool_out(p: m.Pool, at: datetime) -> res.Pool:
     """A pool, with its state as of `at`."""
     out = res.Pool(
-        pool_id=p.pool_id, room_id=p.room_id, title=p.title,
-        terms=terms_out(p.terms, p.currency_code), target=target_out(p.target),
-        total_quantity=p.total_quantity, remaining_quantity=p.remaining_quantity,
-        granted_quantity=p.granted_quantity, per_viewer_limit=p.per_viewer_limit,
-        claim_start_time=ts(p.claim_start), validity=validity_out(p.validity),
-        state=_POOL_STATE[p.state_at(at)], version=p.version,
-        withdrawn_quantity=p.withdrawn_quantity, create_time=ts(p.created_at),
-        update_time=ts(p.updated_at))
+        pool_id=p.pool_id,
+        room_id=p.room_id,
+        title=p.title,
+        terms=terms_out(p.terms, p.currency_code),
+        target=target_out(p.target),
+        total_quantity=p.total_quantity,
+        remaining_quantity=p.remaining_quantity,
+        granted_quantity=p.granted_quantity,
+        per_viewer_limit=p.per_viewer_limit,
+        claim_start_time=ts(p.claim_start),
+        validity=validity_out(p.validity),
+        state=_POOL_STATE[p.state_at(at)],
+        version=p.version,
+        withdrawn_quantity=p.withdrawn_quantity,
+        create_time=ts(p.created_at),
+        update_time=ts(p.updated_at),
+    )
     if p.claim_end is not None:
         out.claim_end_time.CopyFrom(ts(p.claim_end))
     return out
@@ -217,27 +284,40 @@ def pool_out(p: m.Pool, at: datetime) -> res.Pool:
 def coupon_out(c: m.Coupon, at: datetime) -> res.Coupon:
     """A coupon, with its state as of `at`."""
     return res.Coupon(
-        coupon_id=c.coupon_id, code=c.code, pool_id=c.pool_id, room_id=c.room_id,
-        viewer_id=c.viewer_id, terms=terms_out(c.terms, c.currency_code),
-        target=target_out(c.target), valid_from=ts(c.valid_from),
-        valid_until=ts(c.valid_until), state=_COUPON_STATE[c.state_at(at)],
-        order_id=c.redeemed_order_id or "")
+        coupon_id=c.coupon_id,
+        code=c.code,
+        pool_id=c.pool_id,
+        room_id=c.room_id,
+        viewer_id=c.viewer_id,
+        terms=terms_out(c.terms, c.currency_code),
+        target=target_out(c.target),
+        valid_from=ts(c.valid_from),
+        valid_until=ts(c.valid_until),
+        state=_COUPON_STATE[c.state_at(at)],
+        order_id=c.redeemed_order_id or "",
+    )
 
 
 def redemption_out(r: m.Redemption, at: datetime) -> res.Redemption:
-    out = res.Redemption(order_id=r.order_id, coupon=coupon_out(r.coupon, at),
-                         eligible_subtotal_minor=r.eligible_subtotal_minor,
-                         discount_minor=r.discount_minor, redeem_time=ts(r.redeemed_at),
-                         released=r.released_at is not None)
+    out = res.Redemption(
+        order_id=r.order_id,
+        coupon=coupon_out(r.coupon, at),
+        eligible_subtotal_minor=r.eligible_subtotal_minor,
+        discount_minor=r.discount_minor,
+        redeem_time=ts(r.redeemed_at),
+        released=r.released_at is not None,
+    )
     if r.released_at is not None:
         out.release_time.CopyFrom(ts(r.released_at))
     return out
 
 
 def allocation_out(a: m.AllocationResult) -> svc.AllocateResponse:
-    out = svc.AllocateResponse(outcome=_OUTCOME[a.outcome],
-                               remaining_quantity=a.remaining_quantity,
-                               server_time=ts(a.server_time))
+    out = svc.AllocateResponse(
+        outcome=_OUTCOME[a.outcome],
+        remaining_quantity=a.remaining_quantity,
+        server_time=ts(a.server_time),
+    )
     if a.coupon is not None:
         out.coupon.CopyFrom(coupon_out(a.coupon, a.server_time))
     if a.claim_start is not None:
@@ -258,17 +338,27 @@ def _dur(value: timedelta) -> duration_pb2.Duration:
 def options_out(o: ConfigurationOptions) -> res.ConfigurationOptions:
     lim = o.limits
     return res.ConfigurationOptions(
-        room_id=o.room.room_id, currency_code=o.room.currency_code,
-        goods=[res.TargetableGoods(goods=_goods_out(t.goods), featured=t.featured,
-                                   from_linked_shop=t.from_linked_shop) for t in o.goods],
+        room_id=o.room.room_id,
+        currency_code=o.room.currency_code,
+        goods=[
+            res.TargetableGoods(
+                goods=_goods_out(t.goods), featured=t.featured, from_linked_shop=t.from_linked_shop
+            )
+            for t in o.goods
+        ],
         shops=[_shop_out(s) for s in o.shops],
         coupon_kinds=[_KIND_OUT[k] for k in lim.coupon_kinds],
-        quantity=_range(lim.quantity), stock_increment=_range(lim.stock_increment),
+        quantity=_range(lim.quantity),
+        stock_increment=_range(lim.stock_increment),
         per_viewer_limit=_range(lim.per_viewer_limit),
-        amount_off_minor=_range(lim.amount_off_minor), percent_off=_range(lim.percent_off),
+        amount_off_minor=_range(lim.amount_off_minor),
+        percent_off=_range(lim.percent_off),
         max_claim_start_delay=_dur(lim.max_claim_start_delay),
-        min_claim_window=_dur(lim.min_claim_window), max_claim_window=_dur(lim.max_claim_window),
-        min_validity=_dur(lim.min_validity), max_validity=_dur(lim.max_validity))
+        min_claim_window=_dur(lim.min_claim_window),
+        max_claim_window=_dur(lim.max_claim_window),
+        min_validity=_dur(lim.min_validity),
+        max_validity=_dur(lim.max_validity),
+    )
 
 
 def event_out(e: m.RoomEvent) -> ev.RoomEvent:
@@ -296,9 +386,16 @@ def subscription_out(item: m.SubscriptionItem) -> svc.StreamAllocationInfoRespon
     if isinstance(item, m.RoomEvent):
         return svc.StreamAllocationInfoResponse(event=event_out(item))
     if isinstance(item, m.Heartbeat):
-        return svc.StreamAllocationInfoResponse(heartbeat=ev.Heartbeat(
-            server_time=ts(item.server_time), sequence=item.sequence))
+        return svc.StreamAllocationInfoResponse(
+            heartbeat=ev.Heartbeat(server_time=ts(item.server_time), sequence=item.sequence)
+        )
     snap = item.snapshot
-    return svc.StreamAllocationInfoResponse(snapshot=ev.RoomSnapshot(
-        room_id=snap.room_id, pools=[pool_out(p, snap.server_time) for p in snap.pools],
-        sequence=snap.sequence, server_time=ts(snap.server_time), reason=_REASON[item.reason]))
+    return svc.StreamAllocationInfoResponse(
+        snapshot=ev.RoomSnapshot(
+            room_id=snap.room_id,
+            pools=[pool_out(p, snap.server_time) for p in snap.pools],
+            sequence=snap.sequence,
+            server_time=ts(snap.server_time),
+            reason=_REASON[item.reason],
+        )
+    )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import Message
 
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from server.api import convert
-from server.api.calls import CallRunner, safe_deserializer
+from server.api.calls import CallRunner, UnaryBehavior, safe_deserializer
 from server.domain.models import Principal
 from server.service import allocate, configure, coupons, rooms, subscribe
 from server.service.context import ServiceContext
@@ -29,83 +31,136 @@ class Servicer:
     ticker: LifecycleTicker
     heartbeat_seconds: float
 
-    def _key(self, principal: Principal, method: str, request_id: str,
-             request: svc.RegisterRoomRequest | svc.ConfigureResourcesRequest
-             | svc.AllocateRequest) -> IdempotencyKey:
-        return IdempotencyKey(principal.subject, request_id, method,
-                              convert.fingerprint(request, without="request_id"))
+    def _key(
+        self,
+        principal: Principal,
+        method: str,
+        request_id: str,
+        request: svc.RegisterRoomRequest | svc.ConfigureResourcesRequest | svc.AllocateRequest,
+    ) -> IdempotencyKey:
+        return IdempotencyKey(
+            principal.subject,
+            request_id,
+            method,
+            convert.fingerprint(request, without="request_id"),
+        )
 
-    async def register_room(self, principal: Principal,
-                            request: svc.RegisterRoomRequest) -> tuple[svc.RegisterRoomResponse, str]:
+    async def register_room(
+        self, principal: Principal, request: svc.RegisterRoomRequest
+    ) -> tuple[svc.RegisterRoomResponse, str]:
         key = self._key(principal, "RegisterRoom", request.request_id, request)
         room = await rooms.register_room(self.ctx, principal, key, convert.room_in(request.room))
         return svc.RegisterRoomResponse(room=convert.room_out(room)), f"room={room.room_id}"
 
     async def get_configuration_options(
-        self, principal: Principal, request: svc.GetConfigurationOptionsRequest,
+        self,
+        principal: Principal,
+        request: svc.GetConfigurationOptionsRequest,
     ) -> tuple[svc.GetConfigurationOptionsResponse, str]:
         options = await rooms.configuration_options(self.ctx, principal, request.room_id)
-        return (svc.GetConfigurationOptionsResponse(options=convert.options_out(options)),
-                f"room={request.room_id}")
+        return (
+            svc.GetConfigurationOptionsResponse(options=convert.options_out(options)),
+            f"room={request.room_id}",
+        )
 
     async def configure_resources(
-        self, principal: Principal, request: svc.ConfigureResourcesRequest,
+        self,
+        principal: Principal,
+        request: svc.ConfigureResourcesRequest,
     ) -> tuple[svc.ConfigureResourcesResponse, str]:
         key = self._key(principal, "ConfigureResources", request.request_id, request)
-        pool = await configure.configure(self.ctx, principal, request.room_id, key,
-                                         lambda: convert.configure_op_in(request),
-                                         on_change=self.ticker.poke)
+        pool = await configure.configure(
+            self.ctx,
+            principal,
+            request.room_id,
+            key,
+            lambda: convert.configure_op_in(request),
+            on_change=self.ticker.poke,
+        )
         note = f"op={request.WhichOneof('operation')} pool={pool.pool_id} v={pool.version}"
-        return (svc.ConfigureResourcesResponse(pool=convert.pool_out(pool, self.ctx.clock())),
-                note)
+        return (svc.ConfigureResourcesResponse(pool=convert.pool_out(pool, self.ctx.clock())), note)
 
-    async def allocate(self, principal: Principal,
-                       request: svc.AllocateRequest) -> tuple[svc.AllocateResponse, str]:
+    async def allocate(
+        self, principal: Principal, request: svc.AllocateRequest
+    ) -> tuple[svc.AllocateResponse, str]:
         key = self._key(principal, "Allocate", request.request_id, request)
         result = await allocate.allocate(self.ctx, principal, key, request.pool_id)
         return convert.allocation_out(result), f"pool={request.pool_id} outcome={result.outcome}"
 
-    async def list_coupons(self, principal: Principal,
-                           request: svc.ListCouponsRequest) -> tuple[svc.ListCouponsResponse, str]:
-        page, token = await coupons.list_coupons(self.ctx, principal, request.room_id,
-                                                 request.page_size, request.page_token)
+    async def list_coupons(
+        self, principal: Principal, request: svc.ListCouponsRequest
+    ) -> tuple[svc.ListCouponsResponse, str]:
+        page, token = await coupons.list_coupons(
+            self.ctx, principal, request.room_id, request.page_size, request.page_token
+        )
         now = self.ctx.clock()
-        return (svc.ListCouponsResponse(coupons=[convert.coupon_out(c, now) for c in page],
-                                        next_page_token=token), f"count={len(page)}")
+        return (
+            svc.ListCouponsResponse(
+                coupons=[convert.coupon_out(c, now) for c in page], next_page_token=token
+            ),
+            f"count={len(page)}",
+        )
 
-    async def redeem_coupon(self, principal: Principal,
-                            request: svc.RedeemCouponRequest) -> tuple[svc.RedeemCouponResponse, str]:
+    async def redeem_coupon(
+        self, principal: Principal, request: svc.RedeemCouponRequest
+    ) -> tuple[svc.RedeemCouponResponse, str]:
         redemption = await coupons.redeem(
-            self.ctx, principal, request.order_id, request.coupon_code, request.viewer_id,
-            request.currency_code, convert.order_lines_in(list(request.lines)),
-            convert.fingerprint(request))
-        return (svc.RedeemCouponResponse(
-            redemption=convert.redemption_out(redemption, self.ctx.clock())),
-            f"order={request.order_id} discount={redemption.discount_minor}")
+            self.ctx,
+            principal,
+            request.order_id,
+            request.coupon_code,
+            request.viewer_id,
+            request.currency_code,
+            convert.order_lines_in(list(request.lines)),
+            convert.fingerprint(request),
+        )
+        return (
+            svc.RedeemCouponResponse(
+                redemption=convert.redemption_out(redemption, self.ctx.clock())
+            ),
+            f"order={request.order_id} discount={redemption.discount_minor}",
+        )
 
     async def release_coupon(
-        self, principal: Principal, request: svc.ReleaseCouponRequest,
+        self,
+        principal: Principal,
+        request: svc.ReleaseCouponRequest,
     ) -> tuple[svc.ReleaseCouponResponse, str]:
         redemption = await coupons.release(self.ctx, principal, request.order_id)
         now = self.ctx.clock()
-        return (svc.ReleaseCouponResponse(redemption=convert.redemption_out(redemption, now),
-                                          coupon=convert.coupon_out(redemption.coupon, now)),
-                f"order={request.order_id}")
+        return (
+            svc.ReleaseCouponResponse(
+                redemption=convert.redemption_out(redemption, now),
+                coupon=convert.coupon_out(redemption.coupon, now),
+            ),
+            f"order={request.order_id}",
+        )
 
     async def stream_allocation_info(
-        self, principal: Principal, request: svc.StreamAllocationInfoRequest,
-    ) -> AsyncIterator[svc.StreamAllocationInfoResponse]:
-        items = subscribe.subscribe(self.ctx, self.feeds, principal, request.room_id,
-                                    request.resume_after_sequence, self.heartbeat_seconds)
-        async for item in items:
-            yield convert.subscription_out(item)
+        self,
+        principal: Principal,
+        request: svc.StreamAllocationInfoRequest,
+    ) -> AsyncGenerator[svc.StreamAllocationInfoResponse, None]:
+        subscription = subscribe.subscribe(
+            self.ctx,
+            self.feeds,
+            principal,
+            request.room_id,
+            request.resume_after_sequence,
+            self.heartbeat_seconds,
+        )
+        async with contextlib.aclosing(subscription) as items:
+            async for item in items:
+                yield convert.subscription_out(item)
 
     def handler(self, runner: CallRunner) -> grpc.GenericRpcHandler:
         """The generic handler registering every RPC with never-failing deserializers."""
-        unary = {
+        unary: dict[str, tuple[UnaryBehavior, type[Message]]] = {
             "RegisterRoom": (self.register_room, svc.RegisterRoomRequest),
-            "GetConfigurationOptions": (self.get_configuration_options,
-                                        svc.GetConfigurationOptionsRequest),
+            "GetConfigurationOptions": (
+                self.get_configuration_options,
+                svc.GetConfigurationOptionsRequest,
+            ),
             "ConfigureResources": (self.configure_resources, svc.ConfigureResourcesRequest),
             "Allocate": (self.allocate, svc.AllocateRequest),
             "ListCoupons": (self.list_coupons, svc.ListCouponsRequest),
@@ -116,11 +171,13 @@ class Servicer:
             name: grpc.unary_unary_rpc_method_handler(
                 runner.unary(name, behavior),
                 request_deserializer=safe_deserializer(request_type),
-                response_serializer=lambda m: m.SerializeToString())
+                response_serializer=lambda m: m.SerializeToString(),
+            )
             for name, (behavior, request_type) in unary.items()
         }
         handlers["StreamAllocationInfo"] = grpc.unary_stream_rpc_method_handler(
             runner.stream("StreamAllocationInfo", self.stream_allocation_info),
             request_deserializer=safe_deserializer(svc.StreamAllocationInfoRequest),
-            response_serializer=lambda m: m.SerializeToString())
+            response_serializer=lambda m: m.SerializeToString(),
+        )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -37,33 +37,49 @@ def _pack(*messages: object) -> list[any_pb2.Any]:
 
 
 def _info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
-    return error_details_pb2.ErrorInfo(reason=reason or "UNSPECIFIED", domain=DOMAIN,
-                                       metadata=metadata)
+    return error_details_pb2.ErrorInfo(
+        reason=reason or "UNSPECIFIED", domain=DOMAIN, metadata=metadata
+    )
 
 
 def _details_for(exc: e.DomainError) -> tuple[grpc.StatusCode, list[object]]:
     if isinstance(exc, e.InvalidArgument):
-        bad = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in exc.violations])
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in exc.violations
+            ]
+        )
         return grpc.StatusCode.INVALID_ARGUMENT, [bad, _info(exc.reason)]
     if isinstance(exc, e.NotFound):
-        res = error_details_pb2.ResourceInfo(resource_type=exc.resource_type,
-                                             resource_name=exc.name)
+        res = error_details_pb2.ResourceInfo(
+            resource_type=exc.resource_type, resource_name=exc.name
+        )
         return grpc.StatusCode.NOT_FOUND, [res, _info(exc.reason)]
     if isinstance(exc, e.AlreadyExists):
-        res = error_details_pb2.ResourceInfo(resource_type=exc.resource_type,
-                                             resource_name=exc.name)
+        res = error_details_pb2.ResourceInfo(
+            resource_type=exc.resource_type, resource_name=exc.name
+        )
         return grpc.StatusCode.ALREADY_EXISTS, [res, _info(exc.reason)]
     if isinstance(exc, e.FailedPrecondition):
-        pf = error_details_pb2.PreconditionFailure(violations=[
-            error_details_pb2.PreconditionFailure.Violation(
-                type=v.type, subject=v.subject, description=v.description)
-            for v in exc.violations])
+        pf = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=v.type, subject=v.subject, description=v.description
+                )
+                for v in exc.violations
+            ]
+        )
         return grpc.StatusCode.FAILED_PRECONDITION, [pf, _info(exc.reason)]
     if isinstance(exc, e.VersionConflict):
-        info = _info(exc.reason, pool_id=exc.pool_id, expected_version=str(exc.expected),
-                     current_version=str(exc.current))
+        info = _info(
+            exc.reason,
+            pool_id=exc.pool_id,
+            expected_version=str(exc.expected),
+            current_version=str(exc.current),
+        )
         return grpc.StatusCode.ABORTED, [info]
     if isinstance(exc, e.Unauthenticated):
         return grpc.StatusCode.UNAUTHENTICATED, [_info(exc.reason)]
@@ -87,11 +103,15 @@ def failure_for(exc: e.DomainError) -> RpcFailure:
 def internal_failure() -> tuple[RpcFailure, str]:
     """An INTERNAL status that names a log reference, never a traceback."""
     ref = uuid.uuid4().hex[:12]
-    return _encode(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})",
-                   [_info("INTERNAL", reference=ref)]), ref
+    return _encode(
+        grpc.StatusCode.INTERNAL,
+        f"internal error (reference {ref})",
+        [_info("INTERNAL", reference=ref)],
+    ), ref
 
 
 def _encode(code: grpc.StatusCode, message: str, details: list[object]) -> RpcFailure:
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message,
-                               details=_pack(*details))
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=message, details=_pack(*details)
+    )
     return RpcFailure(code, message, status.SerializeToString())

@@ -31,25 +31,35 @@ def refusal(pool: Pool, viewer_grants: int, now: datetime) -> AllocationResult |
     if outcome is None:
         return None
     return AllocationResult(
-        outcome=outcome, remaining_quantity=pool.remaining_quantity, server_time=now,
+        outcome=outcome,
+        remaining_quantity=pool.remaining_quantity,
+        server_time=now,
         claim_start=pool.claim_start if outcome is Outcome.NOT_OPEN_YET else None,
     )
 
 
-def grant(pool: Pool, viewer_id: str, coupon_id: str, code: str,
-          now: datetime) -> tuple[Pool, Coupon, list[EventDraft]]:
+def grant(
+    pool: Pool, viewer_id: str, coupon_id: str, code: str, now: datetime
+) -> tuple[Pool, Coupon, list[EventDraft]]:
     """Take one coupon from an open pool for a viewer; the events it emits."""
     pool, events = due_transitions(pool, now)
-    after = pool.with_changes(remaining_quantity=pool.remaining_quantity - 1,
-                              granted_quantity=pool.granted_quantity + 1)
+    after = pool.with_changes(
+        remaining_quantity=pool.remaining_quantity - 1, granted_quantity=pool.granted_quantity + 1
+    )
     events.append(EventDraft(EventKind.STOCK_CHANGED, after))
     if after.remaining_quantity == 0:
         after = after.with_changes(announced_state=PoolState.SOLD_OUT)
         events.append(EventDraft(EventKind.POOL_SOLD_OUT, after))
     coupon = Coupon(
-        coupon_id=coupon_id, code=code, pool_id=pool.pool_id, room_id=pool.room_id,
-        viewer_id=viewer_id, terms=pool.terms, target=pool.target,
-        currency_code=pool.currency_code, valid_from=now,
+        coupon_id=coupon_id,
+        code=code,
+        pool_id=pool.pool_id,
+        room_id=pool.room_id,
+        viewer_id=viewer_id,
+        terms=pool.terms,
+        target=pool.target,
+        currency_code=pool.currency_code,
+        valid_from=now,
         valid_until=pool.validity.end_for_grant(now),
     )
     return after, coupon, events

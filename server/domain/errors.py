@@ -76,8 +76,9 @@ class AlreadyExists(DomainError):
     """The resource exists already (created by another request)."""
 
     def __init__(self, resource_type: str, name: str, message: str = "") -> None:
-        super().__init__(message or f"{resource_type} {name!r} already exists",
-                         reason="ALREADY_EXISTS")
+        super().__init__(
+            message or f"{resource_type} {name!r} already exists", reason="ALREADY_EXISTS"
+        )
         self.resource_type = resource_type
         self.name = name
 

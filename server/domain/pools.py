@@ -38,8 +38,12 @@ def validate_spec(spec: PoolSpec, room: Room, limits: Limits, now: datetime, pre
     check_range(spec.per_viewer_limit, limits.per_viewer_limit, f"{prefix}.per_viewer_limit", out)
     start = spec.claim_start if spec.claim_start and spec.claim_start > now else now
     if start - now > limits.max_claim_start_delay:
-        out.append(FieldViolation(f"{prefix}.claim_start_time",
-                                  f"must be at most {limits.max_claim_start_delay} from now"))
+        out.append(
+            FieldViolation(
+                f"{prefix}.claim_start_time",
+                f"must be at most {limits.max_claim_start_delay} from now",
+            )
+        )
     _check_window(start, spec.claim_end, limits, now, prefix, out)
     _check_validity(spec, start, limits, now, prefix, out)
     require(out)
@@ -51,13 +55,15 @@ def _check_terms(spec: PoolSpec, limits: Limits, field: str, out: list[FieldViol
         out.append(FieldViolation(f"{field}.kind", "must be one of the room's coupon kinds"))
         return
     if terms.kind is CouponKind.FIXED_AMOUNT:
-        check_range(terms.amount_off_minor, limits.amount_off_minor, f"{field}.amount_off_minor",
-                    out)
+        check_range(
+            terms.amount_off_minor, limits.amount_off_minor, f"{field}.amount_off_minor", out
+        )
         if terms.percent_off:
             out.append(FieldViolation(f"{field}.percent_off", "must be 0 for a fixed amount"))
         if terms.max_discount_minor:
-            out.append(FieldViolation(f"{field}.max_discount_minor",
-                                      "must be 0 for a fixed amount"))
+            out.append(
+                FieldViolation(f"{field}.max_discount_minor", "must be 0 for a fixed amount")
+            )
     else:
         check_range(terms.percent_off, limits.percent_off, f"{field}.percent_off", out)
         if terms.amount_off_minor:
@@ -80,33 +86,56 @@ def _check_target(spec: PoolSpec, room: Room, field: str, out: list[FieldViolati
     goods = room.goods_by_id()
     for i, goods_id in enumerate(target.goods_ids):
         if goods_id not in goods:
-            out.append(FieldViolation(f"{field}.goods_ids[{i}]",
-                                      f"{goods_id!r} is not a goods of this room"))
+            out.append(
+                FieldViolation(
+                    f"{field}.goods_ids[{i}]", f"{goods_id!r} is not a goods of this room"
+                )
+            )
         elif goods_id in target.goods_ids[:i]:
             out.append(FieldViolation(f"{field}.goods_ids[{i}]", f"{goods_id!r} is repeated"))
     shops = {s.shop_id for s in room.linked_shops}
     for i, shop_id in enumerate(target.shop_ids):
         if shop_id not in shops:
-            out.append(FieldViolation(f"{field}.shop_ids[{i}]",
-                                      f"{shop_id!r} is not a shop linked to this room"))
+            out.append(
+                FieldViolation(
+                    f"{field}.shop_ids[{i}]", f"{shop_id!r} is not a shop linked to this room"
+                )
+            )
         elif shop_id in target.shop_ids[:i]:
             out.append(FieldViolation(f"{field}.shop_ids[{i}]", f"{shop_id!r} is repeated"))
 
 
-def _check_window(start: datetime, end: datetime | None, limits: Limits, now: datetime,
-                  prefix: str, out: list[FieldViolation]) -> None:
+def _check_window(
+    start: datetime,
+    end: datetime | None,
+    limits: Limits,
+    now: datetime,
+    prefix: str,
+    out: list[FieldViolation],
+) -> None:
     if end is None:
         return
     field = f"{prefix}.claim_end_time"
     if end <= now:
         out.append(FieldViolation(field, "must be in the future"))
     elif not limits.min_claim_window <= end - start <= limits.max_claim_window:
-        out.append(FieldViolation(field, f"the claim window must last between "
-                                         f"{limits.min_claim_window} and {limits.max_claim_window}"))
+        out.append(
+            FieldViolation(
+                field,
+                f"the claim window must last between "
+                f"{limits.min_claim_window} and {limits.max_claim_window}",
+            )
+        )
 
 
-def _check_validity(spec: PoolSpec, start: datetime, limits: Limits, now: datetime,
-                    prefix: str, out: list[FieldViolation]) -> None:
+def _check_validity(
+    spec: PoolSpec,
+    start: datetime,
+    limits: Limits,
+    now: datetime,
+    prefix: str,
+    out: list[FieldViolation],
+) -> None:
     validity = spec.validity
     field = f"{prefix}.validity"
     if (validity.valid_for is None) == (validity.valid_until is None):
@@ -114,25 +143,39 @@ def _check_validity(spec: PoolSpec, start: datetime, limits: Limits, now: dateti
         return
     if validity.valid_for is not None:
         if not limits.min_validity <= validity.valid_for <= limits.max_validity:
-            out.append(FieldViolation(f"{field}.valid_for", f"must be between "
-                                      f"{limits.min_validity} and {limits.max_validity}"))
+            out.append(
+                FieldViolation(
+                    f"{field}.valid_for",
+                    f"must be between {limits.min_validity} and {limits.max_validity}",
+                )
+            )
         elif validity.valid_for.microseconds:
             out.append(FieldViolation(f"{field}.valid_for", "must be whole seconds"))
         return
     assert validity.valid_until is not None
-    _check_valid_until(validity.valid_until, spec.claim_end, limits, now, f"{field}.valid_until",
-                       out)
+    _check_valid_until(
+        validity.valid_until, spec.claim_end, limits, now, f"{field}.valid_until", out
+    )
 
 
-def _check_valid_until(valid_until: datetime, claim_end: datetime | None, limits: Limits,
-                       now: datetime, field: str, out: list[FieldViolation]) -> None:
+def _check_valid_until(
+    valid_until: datetime,
+    claim_end: datetime | None,
+    limits: Limits,
+    now: datetime,
+    field: str,
+    out: list[FieldViolation],
+) -> None:
     # Every coupon granted must be usable for at least min_validity, so an absolute end
     # needs a bounded claim window that ends at least that long before it.
     if claim_end is None:
         out.append(FieldViolation(field, "requires claim_end_time to be set"))
     elif valid_until < claim_end + limits.min_validity:
-        out.append(FieldViolation(field, f"must be at least {limits.min_validity} after the "
-                                         f"claim window ends"))
+        out.append(
+            FieldViolation(
+                field, f"must be at least {limits.min_validity} after the claim window ends"
+            )
+        )
     if valid_until - now > limits.max_validity:
         out.append(FieldViolation(field, f"must be at most {limits.max_validity} from now"))
 
@@ -141,11 +184,22 @@ def new_pool(spec: PoolSpec, room: Room, pool_id: str, now: datetime) -> tuple[P
     """The pool a valid spec creates and the event announcing it."""
     start = spec.claim_start if spec.claim_start and spec.claim_start > now else now
     pool = Pool(
-        pool_id=pool_id, room_id=room.room_id, title=spec.title.strip(), terms=spec.terms,
-        target=spec.target, total_quantity=spec.total_quantity,
-        remaining_quantity=spec.total_quantity, granted_quantity=0, withdrawn_quantity=0,
-        per_viewer_limit=spec.per_viewer_limit, claim_start=start, claim_end=spec.claim_end,
-        validity=spec.validity, currency_code=room.currency_code, version=1, created_at=now,
+        pool_id=pool_id,
+        room_id=room.room_id,
+        title=spec.title.strip(),
+        terms=spec.terms,
+        target=spec.target,
+        total_quantity=spec.total_quantity,
+        remaining_quantity=spec.total_quantity,
+        granted_quantity=0,
+        withdrawn_quantity=0,
+        per_viewer_limit=spec.per_viewer_limit,
+        claim_start=start,
+        claim_end=spec.claim_end,
+        validity=spec.validity,
+        currency_code=room.currency_code,
+        version=1,
+        created_at=now,
         updated_at=now,
     )
     state = pool.state_at(now)
@@ -158,12 +212,20 @@ def _require_changeable(pool: Pool, expected_version: int, now: datetime) -> Non
     if pool.version != expected_version:
         raise VersionConflict(pool.pool_id, expected_version, pool.version)
     if pool.state_at(now) is PoolState.CLOSED:
-        raise FailedPrecondition([PreconditionViolation(
-            "POOL_CLOSED", f"pools/{pool.pool_id}", "the pool is closed; closed pools are final")])
+        raise FailedPrecondition(
+            [
+                PreconditionViolation(
+                    "POOL_CLOSED",
+                    f"pools/{pool.pool_id}",
+                    "the pool is closed; closed pools are final",
+                )
+            ]
+        )
 
 
-def add_stock(pool: Pool, quantity: int, expected_version: int, limits: Limits, now: datetime,
-              field: str) -> tuple[Pool, list[EventDraft]]:
+def add_stock(
+    pool: Pool, quantity: int, expected_version: int, limits: Limits, now: datetime, field: str
+) -> tuple[Pool, list[EventDraft]]:
     """Add stock to a pool that is not closed."""
     _require_changeable(pool, expected_version, now)
     out: list[FieldViolation] = []
@@ -174,13 +236,21 @@ def add_stock(pool: Pool, quantity: int, expected_version: int, limits: Limits, 
     changed = pool.with_changes(
         total_quantity=pool.total_quantity + quantity,
         remaining_quantity=pool.remaining_quantity + quantity,
-        version=pool.version + 1, updated_at=now,
+        version=pool.version + 1,
+        updated_at=now,
     )
     return _announce_change(changed, now)
 
 
-def update_window(pool: Pool, start: datetime | None, end: datetime | None, expected_version: int,
-                  limits: Limits, now: datetime, prefix: str) -> tuple[Pool, list[EventDraft]]:
+def update_window(
+    pool: Pool,
+    start: datetime | None,
+    end: datetime | None,
+    expected_version: int,
+    limits: Limits,
+    now: datetime,
+    prefix: str,
+) -> tuple[Pool, list[EventDraft]]:
     """Change a pool's claim window; the start can only move while the pool is scheduled."""
     _require_changeable(pool, expected_version, now)
     out: list[FieldViolation] = []
@@ -191,37 +261,50 @@ def update_window(pool: Pool, start: datetime | None, end: datetime | None, expe
     elif scheduled:
         new_start = start if start > now else now
         if new_start - now > limits.max_claim_start_delay:
-            out.append(FieldViolation(f"{prefix}.claim_start_time",
-                                      f"must be at most {limits.max_claim_start_delay} from now"))
+            out.append(
+                FieldViolation(
+                    f"{prefix}.claim_start_time",
+                    f"must be at most {limits.max_claim_start_delay} from now",
+                )
+            )
     else:
         new_start = pool.claim_start
         if start != pool.claim_start:
-            out.append(FieldViolation(f"{prefix}.claim_start_time",
-                                      "cannot change once the pool has opened"))
+            out.append(
+                FieldViolation(
+                    f"{prefix}.claim_start_time", "cannot change once the pool has opened"
+                )
+            )
     _check_window(new_start, end, limits, now, prefix, out)
     if pool.validity.valid_until is not None:
-        _check_valid_until(pool.validity.valid_until, end, limits, now,
-                           f"{prefix}.claim_end_time", out)
+        _check_valid_until(
+            pool.validity.valid_until, end, limits, now, f"{prefix}.claim_end_time", out
+        )
     require(out)
-    changed = pool.with_changes(claim_start=new_start, claim_end=end, version=pool.version + 1,
-                                updated_at=now)
+    changed = pool.with_changes(
+        claim_start=new_start, claim_end=end, version=pool.version + 1, updated_at=now
+    )
     return _announce_change(changed, now)
 
 
 def stop(pool: Pool, expected_version: int, now: datetime) -> tuple[Pool, list[EventDraft]]:
     """Stop a pool early, withdrawing its unclaimed stock."""
     _require_changeable(pool, expected_version, now)
-    closed = _close(pool.with_changes(version=pool.version + 1, updated_at=now), now,
-                    CloseReason.STOPPED)
+    closed = _close(
+        pool.with_changes(version=pool.version + 1, updated_at=now), now, CloseReason.STOPPED
+    )
     return closed, [EventDraft(EventKind.POOL_CLOSED, closed)]
 
 
 def _close(pool: Pool, now: datetime, reason: CloseReason) -> Pool:
     withdrawn = pool.remaining_quantity
     return pool.with_changes(
-        total_quantity=pool.total_quantity - withdrawn, remaining_quantity=0,
-        withdrawn_quantity=pool.withdrawn_quantity + withdrawn, closed_at=now,
-        close_reason=reason, announced_state=PoolState.CLOSED,
+        total_quantity=pool.total_quantity - withdrawn,
+        remaining_quantity=0,
+        withdrawn_quantity=pool.withdrawn_quantity + withdrawn,
+        closed_at=now,
+        close_reason=reason,
+        announced_state=PoolState.CLOSED,
     )
 
 
@@ -254,4 +337,3 @@ def next_transition_at(pool: Pool) -> datetime | None:
     if pool.announced_state is PoolState.CLOSED:
         return None
     return pool.claim_end
-

@@ -29,8 +29,9 @@ def eligible_subtotal(coupon: Coupon, lines: list[OrderLine]) -> int:
     )
 
 
-def check_redeemable(coupon: Coupon, viewer_id: str, currency_code: str, lines: list[OrderLine],
-                     now: datetime) -> tuple[int, int]:
+def check_redeemable(
+    coupon: Coupon, viewer_id: str, currency_code: str, lines: list[OrderLine], now: datetime
+) -> tuple[int, int]:
     """Raise FailedPrecondition unless the coupon can be used on this order.
 
     Returns (eligible subtotal, discount).
@@ -55,6 +56,9 @@ def check_redeemable(coupon: Coupon, viewer_id: str, currency_code: str, lines: 
     if subtotal == 0 and not any(coupon.target.covers(x.goods_id, x.shop_id) for x in lines):
         raise fail("NOT_APPLICABLE", "no line of the order is a target goods of the coupon")
     if subtotal < coupon.terms.min_spend_minor:
-        raise fail("MIN_SPEND_NOT_MET", f"the eligible subtotal {subtotal} is below the minimum "
-                                        f"spend {coupon.terms.min_spend_minor}")
+        raise fail(
+            "MIN_SPEND_NOT_MET",
+            f"the eligible subtotal {subtotal} is below the minimum "
+            f"spend {coupon.terms.min_spend_minor}",
+        )
     return subtotal, discount_for(coupon.terms, subtotal)

@@ -50,7 +50,10 @@ def validate_room(room: Room, prefix: str) -> None:
             if g.goods_id in seen_goods:
                 out.append(FieldViolation(f"{gfield}.goods_id", f"{g.goods_id!r} is repeated"))
             elif featured.get(g.goods_id, g.shop_id) != g.shop_id:
-                out.append(FieldViolation(f"{gfield}.goods_id",
-                                          f"{g.goods_id!r} is featured with another shop"))
+                out.append(
+                    FieldViolation(
+                        f"{gfield}.goods_id", f"{g.goods_id!r} is featured with another shop"
+                    )
+                )
             seen_goods.add(g.goods_id)
     require(out)

@@ -43,8 +43,9 @@ def check_range(value: int, bounds: tuple[int, int], field: str, out: list[Field
         out.append(FieldViolation(field, f"must be between {low} and {high}, got {value}"))
 
 
-def check_text(value: str, field: str, max_len: int, out: list[FieldViolation], *,
-               required: bool = False) -> None:
+def check_text(
+    value: str, field: str, max_len: int, out: list[FieldViolation], *, required: bool = False
+) -> None:
     """A display text of bounded length."""
     if required and not value.strip():
         out.append(FieldViolation(field, "is required"))

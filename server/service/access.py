@@ -18,6 +18,7 @@ def require_owner(principal: Principal, room: Room | None) -> Room:
     if room is None or room.streamer_id != principal.subject:
         # Same answer for a missing room and someone else's: a caller without the
         # right learns nothing about the room (AIP-211).
-        raise PermissionDenied("the caller does not own this room (or it does not exist)",
-                               reason="NOT_ROOM_OWNER")
+        raise PermissionDenied(
+            "the caller does not own this room (or it does not exist)", reason="NOT_ROOM_OWNER"
+        )
     return room

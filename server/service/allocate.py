@@ -14,8 +14,9 @@ from server.store import codec
 from server.store.interface import IdempotencyKey
 
 
-async def allocate(ctx: ServiceContext, principal: Principal, key: IdempotencyKey,
-                   pool_id: str) -> AllocationResult:
+async def allocate(
+    ctx: ServiceContext, principal: Principal, key: IdempotencyKey, pool_id: str
+) -> AllocationResult:
     """Grant the calling viewer a coupon from the pool, or say why not.
 
     Every answer, refusals included, is recorded under the request_id, so a retry gets
@@ -39,14 +40,18 @@ async def allocate(ctx: ServiceContext, principal: Principal, key: IdempotencyKe
         held = await tx.count_grants(pool_id, viewer_id)
         result = allocation.refusal(pool, held, now)
         if result is None:
-            after, coupon, events = allocation.grant(pool, viewer_id, new_coupon_id(),
-                                                     new_coupon_code(), now)
+            after, coupon, events = allocation.grant(
+                pool, viewer_id, new_coupon_id(), new_coupon_code(), now
+            )
             await tx.update_pool(after)
             await tx.insert_coupon(coupon, key.request_id, held + 1, pool.per_viewer_limit)
             await tx.append_events(pool.room_id, events, now)
-            result = AllocationResult(outcome=Outcome.GRANTED,
-                                      remaining_quantity=after.remaining_quantity,
-                                      server_time=now, coupon=coupon)
+            result = AllocationResult(
+                outcome=Outcome.GRANTED,
+                remaining_quantity=after.remaining_quantity,
+                server_time=now,
+                coupon=coupon,
+            )
         else:
             announced, events = due_transitions(pool, now)
             if events:

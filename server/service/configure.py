@@ -55,13 +55,22 @@ class StopPoolOp:
 ConfigureOp = CreatePoolOp | AddStockOp | UpdateWindowOp | StopPoolOp
 
 # Request field names of each operation, for error details.
-_FIELD = {CreatePoolOp: "create_pool", AddStockOp: "add_stock",
-          UpdateWindowOp: "update_claim_window", StopPoolOp: "stop_pool"}
+_FIELD = {
+    CreatePoolOp: "create_pool",
+    AddStockOp: "add_stock",
+    UpdateWindowOp: "update_claim_window",
+    StopPoolOp: "stop_pool",
+}
 
 
-async def configure(ctx: ServiceContext, principal: Principal, room_id: str,
-                    key: IdempotencyKey, build: Callable[[], ConfigureOp],
-                    on_change: Callable[[], None] = lambda: None) -> Pool:
+async def configure(
+    ctx: ServiceContext,
+    principal: Principal,
+    room_id: str,
+    key: IdempotencyKey,
+    build: Callable[[], ConfigureOp],
+    on_change: Callable[[], None] = lambda: None,
+) -> Pool:
     """Carry out one configuration operation in a room the caller owns.
 
     `build` turns the request into an operation; it runs only after the caller is
@@ -85,8 +94,9 @@ async def configure(ctx: ServiceContext, principal: Principal, room_id: str,
     return pool
 
 
-async def _apply(ctx: ServiceContext, tx: Transaction, room: Room, op: ConfigureOp,
-                 now: datetime) -> Pool:
+async def _apply(
+    ctx: ServiceContext, tx: Transaction, room: Room, op: ConfigureOp, now: datetime
+) -> Pool:
     prefix = _FIELD[type(op)]
     if isinstance(op, CreatePoolOp):
         rules.validate_spec(op.spec, room, ctx.limits, now, prefix)
@@ -104,11 +114,13 @@ async def _apply(ctx: ServiceContext, tx: Transaction, room: Room, op: Configure
     # Announce what the clock already changed, so events stay in causal order.
     current, events = rules.due_transitions(current, now)
     if isinstance(op, AddStockOp):
-        changed, more = rules.add_stock(current, op.quantity, op.expected_version, ctx.limits,
-                                        now, f"{prefix}.quantity")
+        changed, more = rules.add_stock(
+            current, op.quantity, op.expected_version, ctx.limits, now, f"{prefix}.quantity"
+        )
     elif isinstance(op, UpdateWindowOp):
-        changed, more = rules.update_window(current, op.claim_start, op.claim_end,
-                                            op.expected_version, ctx.limits, now, prefix)
+        changed, more = rules.update_window(
+            current, op.claim_start, op.claim_end, op.expected_version, ctx.limits, now, prefix
+        )
     else:
         changed, more = rules.stop(current, op.expected_version, now)
     await tx.update_pool(changed)

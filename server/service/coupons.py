@@ -29,12 +29,14 @@ def _decode_token(token: str) -> tuple[int, str]:
         at, coupon_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
         return int(at), coupon_id
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidArgument([FieldViolation("page_token", "is not a token this server gave")]
-                              ) from exc
+        raise InvalidArgument(
+            [FieldViolation("page_token", "is not a token this server gave")]
+        ) from exc
 
 
-async def list_coupons(ctx: ServiceContext, principal: Principal, room_id: str, page_size: int,
-                       page_token: str) -> tuple[list[Coupon], str]:
+async def list_coupons(
+    ctx: ServiceContext, principal: Principal, room_id: str, page_size: int, page_token: str
+) -> tuple[list[Coupon], str]:
     """The caller's coupons, newest first, one page at a time."""
     require_role(principal, Role.VIEWER)
     out: list[FieldViolation] = []
@@ -51,8 +53,9 @@ async def list_coupons(ctx: ServiceContext, principal: Principal, room_id: str, 
     return page, _encode_token(page[-1]) if len(found) > size else ""
 
 
-def _check_order(order_id: str, code: str, viewer_id: str, currency_code: str,
-                 lines: list[OrderLine]) -> None:
+def _check_order(
+    order_id: str, code: str, viewer_id: str, currency_code: str, lines: list[OrderLine]
+) -> None:
     out: list[FieldViolation] = []
     check_id(order_id, "order_id", out)
     if not code:
@@ -72,9 +75,16 @@ def _check_order(order_id: str, code: str, viewer_id: str, currency_code: str,
         raise InvalidArgument(out)
 
 
-async def redeem(ctx: ServiceContext, principal: Principal, order_id: str, code: str,
-                 viewer_id: str, currency_code: str, lines: list[OrderLine],
-                 fingerprint: str) -> Redemption:
+async def redeem(
+    ctx: ServiceContext,
+    principal: Principal,
+    order_id: str,
+    code: str,
+    viewer_id: str,
+    currency_code: str,
+    lines: list[OrderLine],
+    fingerprint: str,
+) -> Redemption:
     """Redeem a coupon on an order; idempotent per order id."""
     require_role(principal, Role.ORDER_SERVICE)
     _check_order(order_id, code, viewer_id, currency_code, lines)
@@ -83,17 +93,24 @@ async def redeem(ctx: ServiceContext, principal: Principal, order_id: str, code:
         if existing is not None:
             redemption, recorded_fingerprint = existing
             if recorded_fingerprint != fingerprint:
-                raise AlreadyExists("order", order_id, f"order {order_id!r} already has a "
-                                    "coupon redeemed with other parameters")
+                raise AlreadyExists(
+                    "order",
+                    order_id,
+                    f"order {order_id!r} already has a coupon redeemed with other parameters",
+                )
             return redemption
         coupon = await tx.get_coupon_by_code(code)
         if coupon is None:
             raise NotFound("coupon", code)
         now = ctx.clock()
         subtotal, discount = check_redeemable(coupon, viewer_id, currency_code, lines, now)
-        redemption = Redemption(order_id=order_id, coupon=replace(coupon,
-                                redeemed_order_id=order_id), eligible_subtotal_minor=subtotal,
-                                discount_minor=discount, redeemed_at=now)
+        redemption = Redemption(
+            order_id=order_id,
+            coupon=replace(coupon, redeemed_order_id=order_id),
+            eligible_subtotal_minor=subtotal,
+            discount_minor=discount,
+            redeemed_at=now,
+        )
         await tx.set_coupon_order(coupon.coupon_id, order_id)
         await tx.insert_redemption(redemption, fingerprint)
         return redemption
@@ -116,5 +133,6 @@ async def release(ctx: ServiceContext, principal: Principal, order_id: str) -> R
         now = ctx.clock()
         await tx.mark_released(order_id, now)
         await tx.set_coupon_order(redemption.coupon.coupon_id, None)
-        return replace(redemption, released_at=now,
-                       coupon=replace(redemption.coupon, redeemed_order_id=None))
+        return replace(
+            redemption, released_at=now, coupon=replace(redemption.coupon, redeemed_order_id=None)
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import timedelta
 
@@ -57,10 +58,8 @@ class LifecycleTicker:
                 delay = self._max_sleep
             self._wake.clear()
             if delay > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
-                except TimeoutError:
-                    pass
 
 
 async def prune_forever(ctx: ServiceContext, retention: timedelta, every: float = 60.0) -> None:

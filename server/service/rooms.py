@@ -12,8 +12,9 @@ from server.service.context import ServiceContext, replay
 from server.store.interface import IdempotencyKey
 
 
-async def register_room(ctx: ServiceContext, principal: Principal, key: IdempotencyKey,
-                        room: Room) -> Room:
+async def register_room(
+    ctx: ServiceContext, principal: Principal, key: IdempotencyKey, room: Room
+) -> Room:
     """Register a room (platform only); idempotent per request_id."""
     require_role(principal, Role.PLATFORM)
     out: list[FieldViolation] = []
@@ -28,15 +29,22 @@ async def register_room(ctx: ServiceContext, principal: Principal, key: Idempote
         validate_room(room, "room")
         if await tx.get_room(room.room_id) is not None:
             raise AlreadyExists("room", room.room_id)
-        registered = Room(room.room_id, room.streamer_id, room.currency_code,
-                          room.featured_goods, room.linked_shops, ctx.clock())
+        registered = Room(
+            room.room_id,
+            room.streamer_id,
+            room.currency_code,
+            room.featured_goods,
+            room.linked_shops,
+            ctx.clock(),
+        )
         await tx.insert_room(registered)
         await tx.put_answer(key, registered.room_id, registered.created_at)
         return registered
 
 
-async def configuration_options(ctx: ServiceContext, principal: Principal,
-                                room_id: str) -> ConfigurationOptions:
+async def configuration_options(
+    ctx: ServiceContext, principal: Principal, room_id: str
+) -> ConfigurationOptions:
     """The options of a room the caller owns."""
     require_role(principal, Role.STREAMER)
     room = await owned_room(ctx, principal, room_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from server.domain.models import (
@@ -30,9 +30,14 @@ async def _snapshot(ctx: ServiceContext, room_id: str, reason: SnapshotReason) -
     return SnapshotMessage(RoomSnapshot(room_id, live, bounds.last, now), reason)
 
 
-async def subscribe(ctx: ServiceContext, feeds: FeedRegistry, principal: Principal,
-                    room_id: str, resume_after: int,
-                    heartbeat_seconds: float) -> AsyncIterator[SubscriptionItem]:
+async def subscribe(
+    ctx: ServiceContext,
+    feeds: FeedRegistry,
+    principal: Principal,
+    room_id: str,
+    resume_after: int,
+    heartbeat_seconds: float,
+) -> AsyncGenerator[SubscriptionItem, None]:
     """Yield the room's allocation info: a snapshot or the missed events, then live events.
 
     Any authenticated caller may subscribe. Sequence numbers delivered only grow, with no
@@ -52,8 +57,7 @@ async def subscribe(ctx: ServiceContext, feeds: FeedRegistry, principal: Princip
     feed = feeds.join(room_id, bounds.last)
     try:
         if resume_after == 0 or resume_after > bounds.last:
-            reason = (SnapshotReason.INITIAL if resume_after == 0
-                      else SnapshotReason.RESUME_UNKNOWN)
+            reason = SnapshotReason.INITIAL if resume_after == 0 else SnapshotReason.RESUME_UNKNOWN
             snap = await _snapshot(ctx, room_id, reason)
             yield snap
             cursor = snap.snapshot.sequence
@@ -80,5 +84,6 @@ async def subscribe(ctx: ServiceContext, feeds: FeedRegistry, principal: Princip
                 yield Heartbeat(ctx.clock(), cursor)
     finally:
         feeds.leave(feed)
-    raise Unavailable("the server is shutting down; reconnect with resume_after_sequence",
-                      reason="SHUTTING_DOWN")
+    raise Unavailable(
+        "the server is shutting down; reconnect with resume_after_sequence", reason="SHUTTING_DOWN"
+    )

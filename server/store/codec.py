@@ -58,31 +58,48 @@ def goods_from_dict(d: dict[str, str]) -> Goods:
 
 
 def catalogue_to_json(featured: tuple[Goods, ...], shops: tuple[Shop, ...]) -> str:
-    return dumps({
-        "featured": [goods_to_dict(g) for g in featured],
-        "shops": [{"shop_id": s.shop_id, "name": s.name,
-                   "goods": [goods_to_dict(g) for g in s.goods]} for s in shops],
-    })
+    return dumps(
+        {
+            "featured": [goods_to_dict(g) for g in featured],
+            "shops": [
+                {"shop_id": s.shop_id, "name": s.name, "goods": [goods_to_dict(g) for g in s.goods]}
+                for s in shops
+            ],
+        }
+    )
 
 
 def catalogue_from_json(text: str) -> tuple[tuple[Goods, ...], tuple[Shop, ...]]:
     d = json.loads(text)
     featured = tuple(goods_from_dict(g) for g in d["featured"])
-    shops = tuple(Shop(s["shop_id"], s["name"], tuple(goods_from_dict(g) for g in s["goods"]))
-                  for s in d["shops"])
+    shops = tuple(
+        Shop(s["shop_id"], s["name"], tuple(goods_from_dict(g) for g in s["goods"]))
+        for s in d["shops"]
+    )
     return featured, shops
 
 
 def terms_to_json(t: CouponTerms) -> str:
-    return dumps({"kind": t.kind.value, "amount_off_minor": t.amount_off_minor,
-                  "percent_off": t.percent_off, "max_discount_minor": t.max_discount_minor,
-                  "min_spend_minor": t.min_spend_minor})
+    return dumps(
+        {
+            "kind": t.kind.value,
+            "amount_off_minor": t.amount_off_minor,
+            "percent_off": t.percent_off,
+            "max_discount_minor": t.max_discount_minor,
+            "min_spend_minor": t.min_spend_minor,
+        }
+    )
 
 
 def terms_from_json(text: str) -> CouponTerms:
     d = json.loads(text)
-    return CouponTerms(CouponKind(d["kind"]), d["amount_off_minor"], d["percent_off"],
-                       d["max_discount_minor"], d["min_spend_minor"])
+    return CouponTerms(
+        CouponKind(d["kind"]),
+        d["amount_off_minor"],
+        d["percent_off"],
+        d["max_discount_minor"],
+        d["min_spend_minor"],
+    )
 
 
 def target_to_json(t: Target) -> str:
@@ -97,17 +114,27 @@ def target_from_json(text: str) -> Target:
 def pool_to_row(p: Pool) -> dict[str, Any]:
     """The pools table row of a pool."""
     return {
-        "pool_id": p.pool_id, "room_id": p.room_id, "title": p.title,
-        "terms": terms_to_json(p.terms), "target": target_to_json(p.target),
-        "currency_code": p.currency_code, "total_quantity": p.total_quantity,
-        "remaining_quantity": p.remaining_quantity, "granted_quantity": p.granted_quantity,
-        "withdrawn_quantity": p.withdrawn_quantity, "per_viewer_limit": p.per_viewer_limit,
-        "claim_start_us": to_us(p.claim_start), "claim_end_us": opt_us(p.claim_end),
+        "pool_id": p.pool_id,
+        "room_id": p.room_id,
+        "title": p.title,
+        "terms": terms_to_json(p.terms),
+        "target": target_to_json(p.target),
+        "currency_code": p.currency_code,
+        "total_quantity": p.total_quantity,
+        "remaining_quantity": p.remaining_quantity,
+        "granted_quantity": p.granted_quantity,
+        "withdrawn_quantity": p.withdrawn_quantity,
+        "per_viewer_limit": p.per_viewer_limit,
+        "claim_start_us": to_us(p.claim_start),
+        "claim_end_us": opt_us(p.claim_end),
         "valid_until_us": opt_us(p.validity.valid_until),
-        "valid_for_s": None if p.validity.valid_for is None
+        "valid_for_s": None
+        if p.validity.valid_for is None
         else int(p.validity.valid_for.total_seconds()),
-        "version": p.version, "created_at_us": to_us(p.created_at),
-        "updated_at_us": to_us(p.updated_at), "closed_at_us": opt_us(p.closed_at),
+        "version": p.version,
+        "created_at_us": to_us(p.created_at),
+        "updated_at_us": to_us(p.updated_at),
+        "closed_at_us": opt_us(p.closed_at),
         "close_reason": None if p.close_reason is None else p.close_reason.value,
         "announced_state": p.announced_state.value,
     }
@@ -117,16 +144,26 @@ def pool_from_row(r: Any) -> Pool:
     """A pool from a pools row (a mapping with the table's columns)."""
     valid_for = r["valid_for_s"]
     return Pool(
-        pool_id=r["pool_id"], room_id=r["room_id"], title=r["title"],
-        terms=terms_from_json(r["terms"]), target=target_from_json(r["target"]),
-        total_quantity=r["total_quantity"], remaining_quantity=r["remaining_quantity"],
-        granted_quantity=r["granted_quantity"], withdrawn_quantity=r["withdrawn_quantity"],
-        per_viewer_limit=r["per_viewer_limit"], claim_start=from_us(r["claim_start_us"]),
+        pool_id=r["pool_id"],
+        room_id=r["room_id"],
+        title=r["title"],
+        terms=terms_from_json(r["terms"]),
+        target=target_from_json(r["target"]),
+        total_quantity=r["total_quantity"],
+        remaining_quantity=r["remaining_quantity"],
+        granted_quantity=r["granted_quantity"],
+        withdrawn_quantity=r["withdrawn_quantity"],
+        per_viewer_limit=r["per_viewer_limit"],
+        claim_start=from_us(r["claim_start_us"]),
         claim_end=opt_dt(r["claim_end_us"]),
-        validity=Validity(valid_until=opt_dt(r["valid_until_us"]),
-                          valid_for=None if valid_for is None else timedelta(seconds=valid_for)),
-        currency_code=r["currency_code"], version=r["version"],
-        created_at=from_us(r["created_at_us"]), updated_at=from_us(r["updated_at_us"]),
+        validity=Validity(
+            valid_until=opt_dt(r["valid_until_us"]),
+            valid_for=None if valid_for is None else timedelta(seconds=valid_for),
+        ),
+        currency_code=r["currency_code"],
+        version=r["version"],
+        created_at=from_us(r["created_at_us"]),
+        updated_at=from_us(r["updated_at_us"]),
         closed_at=opt_dt(r["closed_at_us"]),
         close_reason=None if r["close_reason"] is None else CloseReason(r["close_reason"]),
         announced_state=PoolState(r["announced_state"]),
@@ -143,36 +180,54 @@ def pool_from_json(text: str) -> Pool:
 
 def coupon_to_dict(c: Coupon) -> dict[str, Any]:
     return {
-        "coupon_id": c.coupon_id, "code": c.code, "pool_id": c.pool_id, "room_id": c.room_id,
-        "viewer_id": c.viewer_id, "terms": terms_to_json(c.terms),
-        "target": target_to_json(c.target), "currency_code": c.currency_code,
-        "valid_from_us": to_us(c.valid_from), "valid_until_us": to_us(c.valid_until),
+        "coupon_id": c.coupon_id,
+        "code": c.code,
+        "pool_id": c.pool_id,
+        "room_id": c.room_id,
+        "viewer_id": c.viewer_id,
+        "terms": terms_to_json(c.terms),
+        "target": target_to_json(c.target),
+        "currency_code": c.currency_code,
+        "valid_from_us": to_us(c.valid_from),
+        "valid_until_us": to_us(c.valid_until),
         "redeemed_order_id": c.redeemed_order_id,
     }
 
 
 def coupon_from_dict(d: Any) -> Coupon:
     return Coupon(
-        coupon_id=d["coupon_id"], code=d["code"], pool_id=d["pool_id"], room_id=d["room_id"],
-        viewer_id=d["viewer_id"], terms=terms_from_json(d["terms"]),
-        target=target_from_json(d["target"]), currency_code=d["currency_code"],
-        valid_from=from_us(d["valid_from_us"]), valid_until=from_us(d["valid_until_us"]),
+        coupon_id=d["coupon_id"],
+        code=d["code"],
+        pool_id=d["pool_id"],
+        room_id=d["room_id"],
+        viewer_id=d["viewer_id"],
+        terms=terms_from_json(d["terms"]),
+        target=target_from_json(d["target"]),
+        currency_code=d["currency_code"],
+        valid_from=from_us(d["valid_from_us"]),
+        valid_until=from_us(d["valid_until_us"]),
         redeemed_order_id=d["redeemed_order_id"],
     )
 
 
 def allocation_to_json(a: AllocationResult) -> str:
-    return dumps({
-        "outcome": a.outcome.value, "remaining_quantity": a.remaining_quantity,
-        "server_time_us": to_us(a.server_time), "claim_start_us": opt_us(a.claim_start),
-        "coupon": None if a.coupon is None else coupon_to_dict(a.coupon),
-    })
+    return dumps(
+        {
+            "outcome": a.outcome.value,
+            "remaining_quantity": a.remaining_quantity,
+            "server_time_us": to_us(a.server_time),
+            "claim_start_us": opt_us(a.claim_start),
+            "coupon": None if a.coupon is None else coupon_to_dict(a.coupon),
+        }
+    )
 
 
 def allocation_from_json(text: str) -> AllocationResult:
     d = json.loads(text)
     return AllocationResult(
-        outcome=Outcome(d["outcome"]), remaining_quantity=d["remaining_quantity"],
-        server_time=from_us(d["server_time_us"]), claim_start=opt_dt(d["claim_start_us"]),
+        outcome=Outcome(d["outcome"]),
+        remaining_quantity=d["remaining_quantity"],
+        server_time=from_us(d["server_time_us"]),
+        claim_start=opt_dt(d["claim_start_us"]),
         coupon=None if d["coupon"] is None else coupon_from_dict(d["coupon"]),
     )

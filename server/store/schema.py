@@ -65,8 +65,9 @@ pools = Table(
     CheckConstraint("remaining_quantity >= 0", name="ck_pools_remaining_nonneg"),
     CheckConstraint("granted_quantity >= 0", name="ck_pools_granted_nonneg"),
     CheckConstraint("withdrawn_quantity >= 0", name="ck_pools_withdrawn_nonneg"),
-    CheckConstraint("granted_quantity + remaining_quantity = total_quantity",
-                    name="ck_pools_conservation"),
+    CheckConstraint(
+        "granted_quantity + remaining_quantity = total_quantity", name="ck_pools_conservation"
+    ),
     CheckConstraint("per_viewer_limit >= 1", name="ck_pools_limit"),
     CheckConstraint("(valid_until_us IS NULL) <> (valid_for_s IS NULL)", name="ck_pools_validity"),
     Index("ix_pools_room", "room_id"),
@@ -106,12 +107,18 @@ redemptions = Table(
     Column("discount_minor", BigInteger, nullable=False),
     Column("redeemed_at_us", BigInteger, nullable=False),
     Column("released_at_us", BigInteger, nullable=True),
-    CheckConstraint("discount_minor >= 0 AND discount_minor <= eligible_subtotal_minor",
-                    name="ck_redemptions_discount"),
+    CheckConstraint(
+        "discount_minor >= 0 AND discount_minor <= eligible_subtotal_minor",
+        name="ck_redemptions_discount",
+    ),
     # One live redemption per coupon.
-    Index("uq_redemptions_live_coupon", "coupon_id", unique=True,
-          sqlite_where=text("released_at_us IS NULL"),
-          postgresql_where=text("released_at_us IS NULL")),
+    Index(
+        "uq_redemptions_live_coupon",
+        "coupon_id",
+        unique=True,
+        sqlite_where=text("released_at_us IS NULL"),
+        postgresql_where=text("released_at_us IS NULL"),
+    ),
 )
 
 room_events = Table(

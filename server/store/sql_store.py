@@ -33,21 +33,34 @@ from server.store.schema import coupons, idempotency, pools, redemptions, room_e
 log = logging.getLogger(__name__)
 
 _COUPON_COLUMNS = (
-    coupons.c.coupon_id, coupons.c.code, coupons.c.pool_id, coupons.c.room_id,
-    coupons.c.viewer_id, coupons.c.valid_from_us, coupons.c.valid_until_us,
-    coupons.c.redeemed_order_id, pools.c.terms, pools.c.target, pools.c.currency_code,
+    coupons.c.coupon_id,
+    coupons.c.code,
+    coupons.c.pool_id,
+    coupons.c.room_id,
+    coupons.c.viewer_id,
+    coupons.c.valid_from_us,
+    coupons.c.valid_until_us,
+    coupons.c.redeemed_order_id,
+    pools.c.terms,
+    pools.c.target,
+    pools.c.currency_code,
 )
 
 
-def _coupon_from_row(r: Mapping[str, Any]) -> Coupon:
+def _coupon_from_row(r: Any) -> Coupon:
     return codec.coupon_from_dict(r)
 
 
 def _room_from_row(r: Mapping[str, Any]) -> Room:
     featured, shops = codec.catalogue_from_json(r["catalogue"])
-    return Room(room_id=r["room_id"], streamer_id=r["streamer_id"],
-                currency_code=r["currency_code"], featured_goods=featured, linked_shops=shops,
-                created_at=codec.from_us(r["created_at_us"]))
+    return Room(
+        room_id=r["room_id"],
+        streamer_id=r["streamer_id"],
+        currency_code=r["currency_code"],
+        featured_goods=featured,
+        linked_shops=shops,
+        created_at=codec.from_us(r["created_at_us"]),
+    )
 
 
 class SqlTransaction:
@@ -60,31 +73,46 @@ class SqlTransaction:
         # to listeners only once the commit succeeded.
         self.appended: dict[str, int] = {}
 
-    async def _one(self, stmt: Any) -> Mapping[str, Any] | None:
+    async def _one(self, stmt: Any) -> Any:
         row = (await self._conn.execute(stmt)).mappings().first()
         return row
 
     async def get_answer(self, subject: str, request_id: str) -> StoredAnswer | None:
-        r = await self._one(select(idempotency.c.method, idempotency.c.fingerprint,
-                                   idempotency.c.result).where(
-            idempotency.c.subject == subject, idempotency.c.request_id == request_id))
+        r = await self._one(
+            select(idempotency.c.method, idempotency.c.fingerprint, idempotency.c.result).where(
+                idempotency.c.subject == subject, idempotency.c.request_id == request_id
+            )
+        )
         return None if r is None else StoredAnswer(r["method"], r["fingerprint"], r["result"])
 
     async def put_answer(self, key: IdempotencyKey, result: str, now: datetime) -> None:
-        await self._conn.execute(insert(idempotency).values(
-            subject=key.subject, request_id=key.request_id, method=key.method,
-            fingerprint=key.fingerprint, result=result, created_at_us=codec.to_us(now)))
+        await self._conn.execute(
+            insert(idempotency).values(
+                subject=key.subject,
+                request_id=key.request_id,
+                method=key.method,
+                fingerprint=key.fingerprint,
+                result=result,
+                created_at_us=codec.to_us(now),
+            )
+        )
 
     async def get_room(self, room_id: str) -> Room | None:
         r = await self._one(select(rooms).where(rooms.c.room_id == room_id))
         return None if r is None else _room_from_row(r)
 
     async def insert_room(self, room: Room) -> None:
-        await self._conn.execute(insert(rooms).values(
-            room_id=room.room_id, streamer_id=room.streamer_id,
-            currency_code=room.currency_code,
-            catalogue=codec.catalogue_to_json(room.featured_goods, room.linked_shops),
-            created_at_us=codec.to_us(room.created_at), last_event_seq=0, first_retained_seq=1))
+        await self._conn.execute(
+            insert(rooms).values(
+                room_id=room.room_id,
+                streamer_id=room.streamer_id,
+                currency_code=room.currency_code,
+                catalogue=codec.catalogue_to_json(room.featured_goods, room.linked_shops),
+                created_at_us=codec.to_us(room.created_at),
+                last_event_seq=0,
+                first_retained_seq=1,
+            )
+        )
 
     async def get_pool(self, pool_id: str, *, for_update: bool = False) -> Pool | None:
         stmt = select(pools).where(pools.c.pool_id == pool_id)
@@ -100,55 +128,92 @@ class SqlTransaction:
         row = codec.pool_to_row(pool)
         del row["pool_id"]
         result = await self._conn.execute(
-            update(pools).where(pools.c.pool_id == pool.pool_id).values(row))
+            update(pools).where(pools.c.pool_id == pool.pool_id).values(row)
+        )
         if result.rowcount != 1:
             raise RuntimeError(f"pool {pool.pool_id} vanished during its update")
 
     async def live_pools(self, room_id: str) -> list[Pool]:
-        rows = (await self._conn.execute(
-            select(pools).where(pools.c.room_id == room_id, pools.c.closed_at_us.is_(None))
-            .order_by(pools.c.claim_start_us, pools.c.pool_id))).mappings().all()
+        rows = (
+            (
+                await self._conn.execute(
+                    select(pools)
+                    .where(pools.c.room_id == room_id, pools.c.closed_at_us.is_(None))
+                    .order_by(pools.c.claim_start_us, pools.c.pool_id)
+                )
+            )
+            .mappings()
+            .all()
+        )
         return [codec.pool_from_row(r) for r in rows]
 
     async def pools_due(self, now: datetime) -> list[Pool]:
         at = codec.to_us(now)
-        stmt = select(pools).where(or_(
-            and_(pools.c.announced_state == "scheduled", pools.c.claim_start_us <= at),
-            and_(pools.c.announced_state.in_(("open", "sold_out")),
-                 pools.c.claim_end_us.is_not(None), pools.c.claim_end_us <= at),
-        )).order_by(pools.c.pool_id)
+        stmt = (
+            select(pools)
+            .where(
+                or_(
+                    and_(pools.c.announced_state == "scheduled", pools.c.claim_start_us <= at),
+                    and_(
+                        pools.c.announced_state.in_(("open", "sold_out")),
+                        pools.c.claim_end_us.is_not(None),
+                        pools.c.claim_end_us <= at,
+                    ),
+                )
+            )
+            .order_by(pools.c.pool_id)
+        )
         if self._postgres:
             stmt = stmt.with_for_update(skip_locked=True)
         rows = (await self._conn.execute(stmt)).mappings().all()
         return [codec.pool_from_row(r) for r in rows]
 
     async def next_due(self) -> datetime | None:
-        starts = select(func.min(pools.c.claim_start_us)).where(
-            pools.c.announced_state == "scheduled").scalar_subquery()
-        ends = select(func.min(pools.c.claim_end_us)).where(
-            pools.c.announced_state.in_(("open", "sold_out"))).scalar_subquery()
+        starts = (
+            select(func.min(pools.c.claim_start_us))
+            .where(pools.c.announced_state == "scheduled")
+            .scalar_subquery()
+        )
+        ends = (
+            select(func.min(pools.c.claim_end_us))
+            .where(pools.c.announced_state.in_(("open", "sold_out")))
+            .scalar_subquery()
+        )
         r = (await self._conn.execute(select(starts, ends))).first()
         candidates = [v for v in (r[0], r[1]) if v is not None] if r else []
         return codec.from_us(min(candidates)) if candidates else None
 
     async def count_grants(self, pool_id: str, viewer_id: str) -> int:
-        r = await self._conn.execute(select(func.count()).select_from(coupons).where(
-            coupons.c.pool_id == pool_id, coupons.c.viewer_id == viewer_id))
+        r = await self._conn.execute(
+            select(func.count())
+            .select_from(coupons)
+            .where(coupons.c.pool_id == pool_id, coupons.c.viewer_id == viewer_id)
+        )
         return int(r.scalar_one())
 
-    async def insert_coupon(self, coupon: Coupon, request_id: str, slot: int,
-                            per_viewer_limit: int) -> None:
-        await self._conn.execute(insert(coupons).values(
-            coupon_id=coupon.coupon_id, code=coupon.code, pool_id=coupon.pool_id,
-            room_id=coupon.room_id, viewer_id=coupon.viewer_id, request_id=request_id,
-            slot=slot, per_viewer_limit=per_viewer_limit,
-            valid_from_us=codec.to_us(coupon.valid_from),
-            valid_until_us=codec.to_us(coupon.valid_until),
-            redeemed_order_id=coupon.redeemed_order_id))
+    async def insert_coupon(
+        self, coupon: Coupon, request_id: str, slot: int, per_viewer_limit: int
+    ) -> None:
+        await self._conn.execute(
+            insert(coupons).values(
+                coupon_id=coupon.coupon_id,
+                code=coupon.code,
+                pool_id=coupon.pool_id,
+                room_id=coupon.room_id,
+                viewer_id=coupon.viewer_id,
+                request_id=request_id,
+                slot=slot,
+                per_viewer_limit=per_viewer_limit,
+                valid_from_us=codec.to_us(coupon.valid_from),
+                valid_until_us=codec.to_us(coupon.valid_until),
+                redeemed_order_id=coupon.redeemed_order_id,
+            )
+        )
 
     def _coupon_query(self) -> Any:
         return select(*_COUPON_COLUMNS).select_from(
-            coupons.join(pools, coupons.c.pool_id == pools.c.pool_id))
+            coupons.join(pools, coupons.c.pool_id == pools.c.pool_id)
+        )
 
     async def get_coupon(self, coupon_id: str) -> Coupon | None:
         r = await self._one(self._coupon_query().where(coupons.c.coupon_id == coupon_id))
@@ -161,22 +226,30 @@ class SqlTransaction:
         r = await self._one(stmt)
         return None if r is None else _coupon_from_row(r)
 
-    async def list_coupons(self, viewer_id: str, room_id: str,
-                           before: tuple[int, str] | None, limit: int) -> list[Coupon]:
+    async def list_coupons(
+        self, viewer_id: str, room_id: str, before: tuple[int, str] | None, limit: int
+    ) -> list[Coupon]:
         stmt = self._coupon_query().where(coupons.c.viewer_id == viewer_id)
         if room_id:
             stmt = stmt.where(coupons.c.room_id == room_id)
         if before is not None:
             at, coupon_id = before
-            stmt = stmt.where(or_(coupons.c.valid_from_us < at, and_(
-                coupons.c.valid_from_us == at, coupons.c.coupon_id < coupon_id)))
+            stmt = stmt.where(
+                or_(
+                    coupons.c.valid_from_us < at,
+                    and_(coupons.c.valid_from_us == at, coupons.c.coupon_id < coupon_id),
+                )
+            )
         stmt = stmt.order_by(coupons.c.valid_from_us.desc(), coupons.c.coupon_id.desc())
         rows = (await self._conn.execute(stmt.limit(limit))).mappings().all()
         return [_coupon_from_row(r) for r in rows]
 
     async def set_coupon_order(self, coupon_id: str, order_id: str | None) -> None:
-        await self._conn.execute(update(coupons).where(coupons.c.coupon_id == coupon_id)
-                                 .values(redeemed_order_id=order_id))
+        await self._conn.execute(
+            update(coupons)
+            .where(coupons.c.coupon_id == coupon_id)
+            .values(redeemed_order_id=order_id)
+        )
 
     async def get_redemption(self, order_id: str) -> tuple[Redemption, str] | None:
         r = await self._one(select(redemptions).where(redemptions.c.order_id == order_id))
@@ -185,56 +258,97 @@ class SqlTransaction:
         coupon = await self.get_coupon(r["coupon_id"])
         assert coupon is not None, "a redemption's coupon is held by a foreign key"
         redemption = Redemption(
-            order_id=r["order_id"], coupon=coupon,
+            order_id=r["order_id"],
+            coupon=coupon,
             eligible_subtotal_minor=r["eligible_subtotal_minor"],
-            discount_minor=r["discount_minor"], redeemed_at=codec.from_us(r["redeemed_at_us"]),
-            released_at=codec.opt_dt(r["released_at_us"]))
+            discount_minor=r["discount_minor"],
+            redeemed_at=codec.from_us(r["redeemed_at_us"]),
+            released_at=codec.opt_dt(r["released_at_us"]),
+        )
         return redemption, r["fingerprint"]
 
     async def insert_redemption(self, redemption: Redemption, fingerprint: str) -> None:
-        await self._conn.execute(insert(redemptions).values(
-            order_id=redemption.order_id, coupon_id=redemption.coupon.coupon_id,
-            fingerprint=fingerprint, eligible_subtotal_minor=redemption.eligible_subtotal_minor,
-            discount_minor=redemption.discount_minor,
-            redeemed_at_us=codec.to_us(redemption.redeemed_at), released_at_us=None))
+        await self._conn.execute(
+            insert(redemptions).values(
+                order_id=redemption.order_id,
+                coupon_id=redemption.coupon.coupon_id,
+                fingerprint=fingerprint,
+                eligible_subtotal_minor=redemption.eligible_subtotal_minor,
+                discount_minor=redemption.discount_minor,
+                redeemed_at_us=codec.to_us(redemption.redeemed_at),
+                released_at_us=None,
+            )
+        )
 
     async def mark_released(self, order_id: str, released_at: datetime) -> None:
-        await self._conn.execute(update(redemptions).where(redemptions.c.order_id == order_id)
-                                 .values(released_at_us=codec.to_us(released_at)))
+        await self._conn.execute(
+            update(redemptions)
+            .where(redemptions.c.order_id == order_id)
+            .values(released_at_us=codec.to_us(released_at))
+        )
 
     async def append_events(self, room_id: str, drafts: list[EventDraft], now: datetime) -> int:
         if not drafts:
             return self.appended.get(room_id, 0)
         # The room row's counter hands out sequence numbers: incrementing it locks the row,
         # so concurrent writers to one room commit their events in sequence order.
-        last = (await self._conn.execute(
-            update(rooms).where(rooms.c.room_id == room_id)
-            .values(last_event_seq=rooms.c.last_event_seq + len(drafts))
-            .returning(rooms.c.last_event_seq))).scalar_one()
+        last = (
+            await self._conn.execute(
+                update(rooms)
+                .where(rooms.c.room_id == room_id)
+                .values(last_event_seq=rooms.c.last_event_seq + len(drafts))
+                .returning(rooms.c.last_event_seq)
+            )
+        ).scalar_one()
         first = last - len(drafts) + 1
         at = codec.to_us(now)
-        await self._conn.execute(insert(room_events), [
-            {"room_id": room_id, "seq": first + i, "kind": d.kind.value,
-             "pool_id": d.pool.pool_id, "payload": codec.pool_to_json(d.pool),
-             "created_at_us": at}
-            for i, d in enumerate(drafts)
-        ])
+        await self._conn.execute(
+            insert(room_events),
+            [
+                {
+                    "room_id": room_id,
+                    "seq": first + i,
+                    "kind": d.kind.value,
+                    "pool_id": d.pool.pool_id,
+                    "payload": codec.pool_to_json(d.pool),
+                    "created_at_us": at,
+                }
+                for i, d in enumerate(drafts)
+            ],
+        )
         self.appended[room_id] = last
         return int(last)
 
     async def events_after(self, room_id: str, after: int, limit: int) -> list[RoomEvent]:
-        rows = (await self._conn.execute(
-            select(room_events).where(room_events.c.room_id == room_id,
-                                      room_events.c.seq > after)
-            .order_by(room_events.c.seq).limit(limit))).mappings().all()
-        return [RoomEvent(room_id=r["room_id"], sequence=r["seq"],
-                          event_time=codec.from_us(r["created_at_us"]),
-                          kind=EventKind(r["kind"]), pool=codec.pool_from_json(r["payload"]))
-                for r in rows]
+        rows = (
+            (
+                await self._conn.execute(
+                    select(room_events)
+                    .where(room_events.c.room_id == room_id, room_events.c.seq > after)
+                    .order_by(room_events.c.seq)
+                    .limit(limit)
+                )
+            )
+            .mappings()
+            .all()
+        )
+        return [
+            RoomEvent(
+                room_id=r["room_id"],
+                sequence=r["seq"],
+                event_time=codec.from_us(r["created_at_us"]),
+                kind=EventKind(r["kind"]),
+                pool=codec.pool_from_json(r["payload"]),
+            )
+            for r in rows
+        ]
 
     async def event_bounds(self, room_id: str) -> EventBounds | None:
-        r = await self._one(select(rooms.c.first_retained_seq, rooms.c.last_event_seq)
-                            .where(rooms.c.room_id == room_id))
+        r = await self._one(
+            select(rooms.c.first_retained_seq, rooms.c.last_event_seq).where(
+                rooms.c.room_id == room_id
+            )
+        )
         return None if r is None else EventBounds(r["first_retained_seq"], r["last_event_seq"])
 
 
@@ -267,9 +381,8 @@ class SqlStore:
     @asynccontextmanager
     async def transaction(self, *, write: bool) -> AsyncIterator[SqlTransaction]:
         if write and self._write_lock is not None:
-            async with self._write_lock:
-                async with self._begin(write) as tx:
-                    yield tx
+            async with self._write_lock, self._begin(write) as tx:
+                yield tx
         else:
             async with self._begin(write) as tx:
                 yield tx
@@ -291,8 +404,9 @@ class SqlStore:
             raise Conflict("a concurrent change won; retry", reason="CONCURRENT_CHANGE") from exc
         except DBAPIError as exc:
             log.error("database unavailable: %s", exc)
-            raise Unavailable("the database is unavailable; retry",
-                              reason="STORE_UNAVAILABLE") from exc
+            raise Unavailable(
+                "the database is unavailable; retry", reason="STORE_UNAVAILABLE"
+            ) from exc
         for room_id, seq in tx.appended.items():
             for listener in self._listeners:
                 listener(room_id, seq)
@@ -300,13 +414,20 @@ class SqlStore:
     async def prune_events(self, older_than: datetime) -> int:
         async with self.transaction(write=True) as tx:
             conn = tx._conn
-            result = await conn.execute(delete(room_events).where(
-                room_events.c.created_at_us < codec.to_us(older_than)))
+            result = await conn.execute(
+                delete(room_events).where(room_events.c.created_at_us < codec.to_us(older_than))
+            )
             if result.rowcount:
-                oldest = select(func.min(room_events.c.seq)).where(
-                    room_events.c.room_id == rooms.c.room_id).scalar_subquery()
-                await conn.execute(update(rooms).values(
-                    first_retained_seq=func.coalesce(oldest, rooms.c.last_event_seq + 1)))
+                oldest = (
+                    select(func.min(room_events.c.seq))
+                    .where(room_events.c.room_id == rooms.c.room_id)
+                    .scalar_subquery()
+                )
+                await conn.execute(
+                    update(rooms).values(
+                        first_retained_seq=func.coalesce(oldest, rooms.c.last_event_seq + 1)
+                    )
+                )
             return int(result.rowcount or 0)
 
 

@@ -4,6 +4,7 @@ events, so a change is read from the store once per room, not once per subscribe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 from server.domain.models import RoomEvent
@@ -32,15 +33,13 @@ class RoomFeed:
             self._changed.set()
             self._changed = asyncio.Event()
 
-    async def wait_past(self, cursor: int, timeout: float) -> bool:
-        """Wait until an event after `cursor` is committed; False on timeout."""
+    async def wait_past(self, cursor: int, seconds: float) -> bool:
+        """Wait up to `seconds` for an event after `cursor` to be committed."""
         if self.known_last > cursor:
             return True
         changed = self._changed
-        try:
-            await asyncio.wait_for(changed.wait(), timeout)
-        except TimeoutError:
-            return self.known_last > cursor
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), seconds)
         return self.known_last > cursor
 
     async def read_after(self, cursor: int) -> list[RoomEvent]:
@@ -99,8 +98,7 @@ class FeedRegistry:
         """The room's feed, counting one more subscriber."""
         feed = self._feeds.get(room_id)
         if feed is None:
-            feed = self._feeds[room_id] = RoomFeed(room_id, self._store, known_last,
-                                                   self._capacity)
+            feed = self._feeds[room_id] = RoomFeed(room_id, self._store, known_last, self._capacity)
         else:
             feed.notify(known_last)
         feed.subscribers += 1

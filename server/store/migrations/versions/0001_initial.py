@@ -24,8 +24,7 @@ def upgrade() -> None:
         sa.Column("catalogue", sa.Text, nullable=False),
         sa.Column("created_at_us", sa.BigInteger, nullable=False),
         sa.Column("last_event_seq", sa.BigInteger, nullable=False, server_default=sa.text("0")),
-        sa.Column("first_retained_seq", sa.BigInteger, nullable=False,
-                  server_default=sa.text("1")),
+        sa.Column("first_retained_seq", sa.BigInteger, nullable=False, server_default=sa.text("1")),
         sa.CheckConstraint("last_event_seq >= 0", name="ck_rooms_seq"),
     )
     op.create_table(
@@ -54,11 +53,13 @@ def upgrade() -> None:
         sa.CheckConstraint("remaining_quantity >= 0", name="ck_pools_remaining_nonneg"),
         sa.CheckConstraint("granted_quantity >= 0", name="ck_pools_granted_nonneg"),
         sa.CheckConstraint("withdrawn_quantity >= 0", name="ck_pools_withdrawn_nonneg"),
-        sa.CheckConstraint("granted_quantity + remaining_quantity = total_quantity",
-                           name="ck_pools_conservation"),
+        sa.CheckConstraint(
+            "granted_quantity + remaining_quantity = total_quantity", name="ck_pools_conservation"
+        ),
         sa.CheckConstraint("per_viewer_limit >= 1", name="ck_pools_limit"),
-        sa.CheckConstraint("(valid_until_us IS NULL) <> (valid_for_s IS NULL)",
-                           name="ck_pools_validity"),
+        sa.CheckConstraint(
+            "(valid_until_us IS NULL) <> (valid_for_s IS NULL)", name="ck_pools_validity"
+        ),
     )
     op.create_index("ix_pools_room", "pools", ["room_id"])
     op.create_index("ix_pools_announced", "pools", ["announced_state"])
@@ -84,18 +85,25 @@ def upgrade() -> None:
     op.create_table(
         "redemptions",
         sa.Column("order_id", sa.String(64), primary_key=True),
-        sa.Column("coupon_id", sa.String(64), sa.ForeignKey("coupons.coupon_id"),
-                  nullable=False),
+        sa.Column("coupon_id", sa.String(64), sa.ForeignKey("coupons.coupon_id"), nullable=False),
         sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column("eligible_subtotal_minor", sa.BigInteger, nullable=False),
         sa.Column("discount_minor", sa.BigInteger, nullable=False),
         sa.Column("redeemed_at_us", sa.BigInteger, nullable=False),
         sa.Column("released_at_us", sa.BigInteger, nullable=True),
-        sa.CheckConstraint("discount_minor >= 0 AND discount_minor <= eligible_subtotal_minor",
-                           name="ck_redemptions_discount"),
+        sa.CheckConstraint(
+            "discount_minor >= 0 AND discount_minor <= eligible_subtotal_minor",
+            name="ck_redemptions_discount",
+        ),
     )
-    op.create_index("uq_redemptions_live_coupon", "redemptions", ["coupon_id"], unique=True,
-                    sqlite_where=sa.text(_LIVE), postgresql_where=sa.text(_LIVE))
+    op.create_index(
+        "uq_redemptions_live_coupon",
+        "redemptions",
+        ["coupon_id"],
+        unique=True,
+        sqlite_where=sa.text(_LIVE),
+        postgresql_where=sa.text(_LIVE),
+    )
     op.create_table(
         "room_events",
         sa.Column("room_id", sa.String(64), nullable=False),
