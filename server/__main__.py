@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from server.app import start_server
 from server.config import Settings, load_settings
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log the stack of every asyncio task, to see where a stuck server waits."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()}: {task.get_coro()!r}", file=out)
+        task.print_stack(limit=12, file=out)
+    logging.getLogger("liveresource").warning("asyncio tasks:\n%s", out.getvalue())
 
 
 async def serve(settings: Settings) -> None:
@@ -18,6 +30,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     await stop.wait()
     logging.getLogger("liveresource").info("signal received: draining")
     await running.stop(settings.shutdown_grace_seconds)
@@ -29,7 +42,26 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    asyncio.run(serve(settings))
+    run_to_exit(serve(settings))
+
+
+def run_to_exit(main_coroutine: Coroutine[Any, Any, None], cleanup_seconds: float = 3.0) -> None:
+    """Like asyncio.run, but a task that ignores cancellation cannot keep the process alive."""
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main_coroutine)
+    finally:
+        leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=cleanup_seconds))
+        stuck = [t for t in leftovers if not t.done()]
+        if stuck:
+            logging.getLogger("liveresource").warning(
+                "%d task(s) did not stop: %s", len(stuck), stuck
+            )
+        loop.close()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from server.config import Settings
 from server.service.clock import Clock, utc_now
 from server.service.context import ServiceContext
 from server.service.lifecycle import LifecycleTicker, prune_forever
+from server.service.shielding import drain
 from server.store.sql_store import SqlStore
 from server.streaming.feed import FeedRegistry
 
@@ -56,6 +57,7 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.feeds.close()
         await self.server.stop(grace)
+        await drain(max(grace, 1.0))
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -17,10 +17,11 @@ from server.api.auth import Authenticator
 from server.api.status import RpcFailure, failure_for, internal_failure
 from server.domain.errors import DomainError, FieldViolation, InvalidArgument
 from server.domain.models import Principal
+from server.service.shielding import finish_even_if_cancelled
 
 log = logging.getLogger("liveresource.calls")
 
-UnaryBehavior = Callable[[Principal, Any], Awaitable[tuple[Message, str]]]
+UnaryBehavior = Callable[[Principal, Any], Coroutine[Any, Any, tuple[Message, str]]]
 """Returns the response and a short note for the call's log line."""
 StreamBehavior = Callable[[Principal, Any], AsyncGenerator[Message, None]]
 
@@ -74,7 +75,7 @@ class CallRunner:
             try:
                 principal = self._principal(request, context)
                 who = f"{principal.role.value}:{principal.subject}"
-                response, note = await behavior(principal, request)
+                response, note = await finish_even_if_cancelled(behavior(principal, request))
                 _log(method, who, "OK", started, note)
                 return response
             except DomainError as exc:

@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from server.domain.models import (
     Heartbeat,
+    Pool,
     PoolState,
     Principal,
     RoomSnapshot,
@@ -16,13 +17,25 @@ from server.domain.models import (
 )
 from server.domain.validation import check_id
 from server.service.context import ServiceContext
+from server.service.shielding import finish_even_if_cancelled
+from server.store.interface import EventBounds
 from server.streaming.feed import FeedRegistry
 
 
-async def _snapshot(ctx: ServiceContext, room_id: str, reason: SnapshotReason) -> SnapshotMessage:
+async def _read_snapshot(
+    ctx: ServiceContext, room_id: str
+) -> tuple[list[Pool], EventBounds | None]:
     async with ctx.store.transaction(write=False) as tx:
-        pools = await tx.live_pools(room_id)
-        bounds = await tx.event_bounds(room_id)
+        return await tx.live_pools(room_id), await tx.event_bounds(room_id)
+
+
+async def _read_bounds(ctx: ServiceContext, room_id: str) -> EventBounds | None:
+    async with ctx.store.transaction(write=False) as tx:
+        return await tx.event_bounds(room_id)
+
+
+async def _snapshot(ctx: ServiceContext, room_id: str, reason: SnapshotReason) -> SnapshotMessage:
+    pools, bounds = await finish_even_if_cancelled(_read_snapshot(ctx, room_id))
     if bounds is None:
         raise NotFound("room", room_id)
     now = ctx.clock()
@@ -50,8 +63,7 @@ async def subscribe(
         out.append(FieldViolation("resume_after_sequence", "must not be negative"))
     if out:
         raise InvalidArgument(out)
-    async with ctx.store.transaction(write=False) as tx:
-        bounds = await tx.event_bounds(room_id)
+    bounds = await finish_even_if_cancelled(_read_bounds(ctx, room_id))
     if bounds is None:
         raise NotFound("room", room_id)
     feed = feeds.join(room_id, bounds.last)

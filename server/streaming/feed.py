@@ -8,6 +8,7 @@ import contextlib
 from collections import deque
 
 from server.domain.models import RoomEvent
+from server.service.shielding import finish_even_if_cancelled
 from server.store.interface import Store
 
 _FETCH_LIMIT = 500
@@ -68,11 +69,14 @@ class RoomFeed:
         return [ring[i] for i in range(start, min(len(ring), start + _FETCH_LIMIT))]
 
     async def _fetch(self, cursor: int) -> list[RoomEvent]:
-        async with self._store.transaction(write=False) as tx:
-            events = await tx.events_after(self.room_id, cursor, _FETCH_LIMIT)
+        events = await finish_even_if_cancelled(self._read(cursor))
         if events and events[-1].sequence > self.known_last:
             self.known_last = events[-1].sequence
         return events
+
+    async def _read(self, cursor: int) -> list[RoomEvent]:
+        async with self._store.transaction(write=False) as tx:
+            return await tx.events_after(self.room_id, cursor, _FETCH_LIMIT)
 
     def close(self) -> None:
         """Wake every waiter (used at shutdown)."""

@@ -1,0 +1,82 @@
+"""Builds each RPC's request message from the clients' keyword arguments, once for both clients."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from generated.liveresource.v1 import resource_allocation_service_pb2 as svc_pb2
+from generated.liveresource.v1 import resources_pb2
+
+
+def new_request_id() -> str:
+    """A fresh idempotency key; the caller reuses it on every retry of the same write."""
+    return str(uuid.uuid4())
+
+
+def register_room(room: resources_pb2.Room, request_id: str | None) -> svc_pb2.RegisterRoomRequest:
+    return svc_pb2.RegisterRoomRequest(request_id=request_id or new_request_id(), room=room)
+
+
+def get_configuration_options(room_id: str) -> svc_pb2.GetConfigurationOptionsRequest:
+    return svc_pb2.GetConfigurationOptionsRequest(room_id=room_id)
+
+
+def configure_resources(
+    room_id: str,
+    *,
+    create_pool: svc_pb2.CreatePool | None,
+    add_stock: svc_pb2.AddStock | None,
+    update_claim_window: svc_pb2.UpdateClaimWindow | None,
+    stop_pool: svc_pb2.StopPool | None,
+    request_id: str | None,
+) -> svc_pb2.ConfigureResourcesRequest:
+    operations = (create_pool, add_stock, update_claim_window, stop_pool)
+    if sum(op is not None for op in operations) != 1:
+        raise ValueError(
+            "give exactly one of create_pool, add_stock, update_claim_window and stop_pool"
+        )
+    return svc_pb2.ConfigureResourcesRequest(
+        request_id=request_id or new_request_id(),
+        room_id=room_id,
+        create_pool=create_pool,
+        add_stock=add_stock,
+        update_claim_window=update_claim_window,
+        stop_pool=stop_pool,
+    )
+
+
+def allocate(pool_id: str, request_id: str | None) -> svc_pb2.AllocateRequest:
+    return svc_pb2.AllocateRequest(request_id=request_id or new_request_id(), pool_id=pool_id)
+
+
+def list_coupons(room_id: str, page_size: int, page_token: str) -> svc_pb2.ListCouponsRequest:
+    return svc_pb2.ListCouponsRequest(room_id=room_id, page_size=page_size, page_token=page_token)
+
+
+def redeem_coupon(
+    order_id: str,
+    coupon_code: str,
+    viewer_id: str,
+    currency_code: str,
+    lines: Iterable[resources_pb2.OrderLine],
+) -> svc_pb2.RedeemCouponRequest:
+    return svc_pb2.RedeemCouponRequest(
+        order_id=order_id,
+        coupon_code=coupon_code,
+        viewer_id=viewer_id,
+        currency_code=currency_code,
+        lines=lines,
+    )
+
+
+def release_coupon(order_id: str) -> svc_pb2.ReleaseCouponRequest:
+    return svc_pb2.ReleaseCouponRequest(order_id=order_id)
+
+
+def stream_allocation_info(
+    room_id: str, resume_after_sequence: int
+) -> svc_pb2.StreamAllocationInfoRequest:
+    return svc_pb2.StreamAllocationInfoRequest(
+        room_id=room_id, resume_after_sequence=resume_after_sequence
+    )
