@@ -44,8 +44,10 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        env = dict(os.environ, LIVERESOURCE_TOKEN_KEY=TOKEN_KEY)
+    def start(self, *, env_key: bool = True) -> None:
+        env = dict(os.environ)
+        if env_key:
+            env["LIVERESOURCE_TOKEN_KEY"] = TOKEN_KEY
         self.proc = subprocess.Popen(
             [
                 sys.executable,
