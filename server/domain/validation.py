@@ -7,15 +7,15 @@ import uuid
 
 from server.domain.errors import FieldViolation
 
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 def check_id(value: str, field: str, out: list[FieldViolation]) -> None:
     """An identifier: 1-64 characters of [A-Za-z0-9._:-]."""
     if not value:
         out.append(FieldViolation(field, "is required"))
-    elif not _ID.match(value):
+    elif not _ID.fullmatch(value):
         out.append(FieldViolation(field, "must be 1-64 characters of [A-Za-z0-9._:-]"))
 
 
@@ -32,7 +32,7 @@ def check_request_id(value: str, field: str, out: list[FieldViolation]) -> None:
 
 def check_currency(value: str, field: str, out: list[FieldViolation]) -> None:
     """An ISO 4217 code: three upper-case letters."""
-    if not _CURRENCY.match(value):
+    if not _CURRENCY.fullmatch(value):
         out.append(FieldViolation(field, "must be an ISO 4217 code of three upper-case letters"))
 
 

@@ -22,15 +22,22 @@ def _differences(left: Path, right: Path) -> list[str]:
 
 def test_generated_code_matches_the_protos(tmp_path: Path) -> None:
     venv_bin = Path(sys.executable).parent
-    subprocess.run([str(ROOT / "scripts" / "gen_protos.sh"), str(venv_bin), str(tmp_path)],
-                   check=True, cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [str(ROOT / "scripts" / "gen_protos.sh"), str(venv_bin), str(tmp_path)],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
     stale = _differences(tmp_path / "liveresource", ROOT / "generated" / "liveresource")
     assert not stale, f"generated/ is stale, run `make gen`: {stale}"
 
 
 def test_generated_modules_import_without_path_tricks() -> None:
-    code = ("from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as g; "
-            "print(g.ResourceAllocationServiceStub.__name__)")
-    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True,
-                         check=True)
+    code = (
+        "from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as g; "
+        "print(g.ResourceAllocationServiceStub.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "ResourceAllocationServiceStub"

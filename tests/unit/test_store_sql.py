@@ -1,0 +1,521 @@
+"""SqlStore on a real SQLite file: migrations, round trips, the outbox and the constraints."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from server.domain.errors import Conflict
+from server.domain.models import (
+    CloseReason,
+    Coupon,
+    CouponKind,
+    CouponTerms,
+    EventDraft,
+    EventKind,
+    Goods,
+    Pool,
+    PoolState,
+    Redemption,
+    Room,
+    Shop,
+    Target,
+    Validity,
+)
+from server.store.interface import EventBounds
+from server.store.sql_store import SqlStore
+
+NOW = datetime(2030, 5, 1, 12, 0, 0, 123_456, tzinfo=UTC)
+
+
+def db_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "t.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SqlStore]:
+    s = SqlStore(db_url(db_path))
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def make_room(room_id: str = "room-1") -> Room:
+    return Room(
+        room_id=room_id,
+        streamer_id="streamer-1",
+        currency_code="CNY",
+        featured_goods=(Goods("tea", "shop-a", "Tea"), Goods("cup", "shop-b", "Cup")),
+        linked_shops=(
+            Shop("shop-a", "Shop A", (Goods("tea", "shop-a", "Tea"), Goods("pot", "shop-a"))),
+        ),
+        created_at=NOW - timedelta(days=1),
+    )
+
+
+def make_pool(pool_id: str = "pool-1", room_id: str = "room-1", **changes: Any) -> Pool:
+    pool = Pool(
+        pool_id=pool_id,
+        room_id=room_id,
+        title="Flash sale",
+        terms=CouponTerms(
+            CouponKind.PERCENT_OFF, percent_off=15, max_discount_minor=2_000, min_spend_minor=100
+        ),
+        target=Target(goods_ids=("tea", "cup"), shop_ids=("shop-a",)),
+        total_quantity=10,
+        remaining_quantity=10,
+        granted_quantity=0,
+        withdrawn_quantity=0,
+        per_viewer_limit=2,
+        claim_start=NOW,
+        claim_end=NOW + timedelta(hours=1),
+        validity=Validity(valid_for=timedelta(days=3)),
+        currency_code="CNY",
+        version=1,
+        created_at=NOW,
+        updated_at=NOW,
+        announced_state=PoolState.OPEN,
+    )
+    return pool.with_changes(**changes)
+
+
+def make_coupon(coupon_id: str = "coupon-1", viewer_id: str = "viewer-1", **changes: Any) -> Coupon:
+    pool = make_pool()
+    values: dict[str, Any] = {
+        "coupon_id": coupon_id,
+        "code": f"CODE-{coupon_id}",
+        "pool_id": pool.pool_id,
+        "room_id": pool.room_id,
+        "viewer_id": viewer_id,
+        "terms": pool.terms,
+        "target": pool.target,
+        "currency_code": pool.currency_code,
+        "valid_from": NOW,
+        "valid_until": NOW + timedelta(days=3),
+    }
+    values.update(changes)
+    return Coupon(**values)
+
+
+async def seed(store: SqlStore, *room_ids: str) -> None:
+    """Each room with one pool named pool-<room>, except room-1 whose pool is pool-1."""
+    async with store.transaction(write=True) as tx:
+        for room_id in room_ids or ("room-1",):
+            await tx.insert_room(make_room(room_id))
+            pool_id = "pool-1" if room_id == "room-1" else f"pool-{room_id}"
+            await tx.insert_pool(make_pool(pool_id, room_id))
+
+
+async def raw(store: SqlStore, sql: str, **params: Any) -> None:
+    async with store.engine.begin() as conn:
+        await conn.execute(text(sql), params)
+
+
+async def raw_rows(store: SqlStore, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    async with store.engine.connect() as conn:
+        return [tuple(r) for r in (await conn.execute(text(sql), params)).all()]
+
+
+_INSERT_COUPON = (
+    "INSERT INTO coupons (coupon_id, code, pool_id, room_id, viewer_id, request_id, slot, "
+    "per_viewer_limit, valid_from_us, valid_until_us) VALUES (:coupon_id, :code, 'pool-1', "
+    "'room-1', :viewer_id, :request_id, :slot, :per_viewer_limit, 0, 1000)"
+)
+
+
+async def raw_coupon(
+    store: SqlStore,
+    coupon_id: str,
+    *,
+    viewer_id: str = "viewer-1",
+    request_id: str | None = None,
+    slot: int = 1,
+    per_viewer_limit: int = 2,
+) -> None:
+    await raw(
+        store,
+        _INSERT_COUPON,
+        coupon_id=coupon_id,
+        code=f"CODE-{coupon_id}",
+        viewer_id=viewer_id,
+        request_id=request_id or f"req-{coupon_id}",
+        slot=slot,
+        per_viewer_limit=per_viewer_limit,
+    )
+
+
+_INSERT_REDEMPTION = (
+    "INSERT INTO redemptions (order_id, coupon_id, fingerprint, eligible_subtotal_minor, "
+    "discount_minor, redeemed_at_us) VALUES (:order_id, :coupon_id, 'fp', 1000, 100, 0)"
+)
+
+
+# --- migrations -------------------------------------------------------------------------
+
+
+async def test_migrations_run_twice_without_error_and_keep_the_data(
+    store: SqlStore, db_path: Path
+) -> None:
+    await seed(store)
+    await store.start()  # the same store again
+    second = SqlStore(db_url(db_path))  # and a fresh process on the same file
+    try:
+        await second.start()
+        async with second.transaction(write=False) as tx:
+            assert await tx.get_room("room-1") == make_room()
+            assert await tx.get_pool("pool-1") == make_pool()
+    finally:
+        await second.close()
+    assert await raw_rows(store, "SELECT version_num FROM alembic_version") == [("0001",)]
+
+
+async def test_migrations_create_every_table(store: SqlStore) -> None:
+    rows = await raw_rows(store, "SELECT name FROM sqlite_master WHERE type = 'table'")
+    names = {r[0] for r in rows}
+    assert {"rooms", "pools", "coupons", "redemptions", "room_events", "idempotency"} <= names
+
+
+# --- round trips ------------------------------------------------------------------------
+
+
+async def test_room_round_trips_through_insert_and_get(store: SqlStore) -> None:
+    room = make_room()
+    async with store.transaction(write=True) as tx:
+        await tx.insert_room(room)
+    async with store.transaction(write=False) as tx:
+        assert await tx.get_room("room-1") == room
+        assert await tx.get_room("room-2") is None
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        make_pool(),
+        make_pool(claim_end=None, version=7, announced_state=PoolState.SCHEDULED),
+        make_pool(
+            terms=CouponTerms(CouponKind.FIXED_AMOUNT, amount_off_minor=500),
+            validity=Validity(valid_until=NOW + timedelta(days=2, microseconds=1)),
+            total_quantity=4,
+            remaining_quantity=0,
+            granted_quantity=4,
+            withdrawn_quantity=6,
+            closed_at=NOW + timedelta(minutes=3),
+            close_reason=CloseReason.STOPPED,
+            announced_state=PoolState.CLOSED,
+        ),
+    ],
+    ids=["open-relative", "scheduled-unbounded", "closed-absolute"],
+)
+async def test_pool_round_trips_through_insert_and_get(store: SqlStore, pool: Pool) -> None:
+    async with store.transaction(write=True) as tx:
+        await tx.insert_room(make_room())
+        await tx.insert_pool(pool)
+    async with store.transaction(write=False) as tx:
+        assert await tx.get_pool(pool.pool_id) == pool
+        assert await tx.get_pool("pool-unknown") is None
+
+
+async def test_coupon_round_trips_with_its_pool_terms(store: SqlStore) -> None:
+    await seed(store)
+    coupon = make_coupon()
+    async with store.transaction(write=True) as tx:
+        await tx.insert_coupon(coupon, "req-1", 1, 2)
+    async with store.transaction(write=False) as tx:
+        assert await tx.get_coupon("coupon-1") == coupon
+        assert await tx.get_coupon_by_code(coupon.code) == coupon
+        assert await tx.count_grants("pool-1", "viewer-1") == 1
+        assert await tx.count_grants("pool-1", "viewer-2") == 0
+
+
+# --- the outbox -------------------------------------------------------------------------
+
+
+async def test_append_events_numbers_each_room_contiguously_from_one(store: SqlStore) -> None:
+    await seed(store, "room-1", "room-2")
+    pool = make_pool()
+    async with store.transaction(write=True) as tx:
+        last = await tx.append_events(
+            "room-1",
+            [EventDraft(EventKind.POOL_OPENED, pool), EventDraft(EventKind.STOCK_CHANGED, pool)],
+            NOW,
+        )
+        assert last == 2
+    async with store.transaction(write=True) as tx:
+        drafts = [EventDraft(EventKind.STOCK_CHANGED, pool)] * 2
+        drafts.append(EventDraft(EventKind.POOL_SOLD_OUT, pool))
+        assert await tx.append_events("room-1", drafts, NOW) == 5
+        other = make_pool("pool-room-2", "room-2")
+        assert (
+            await tx.append_events("room-2", [EventDraft(EventKind.POOL_OPENED, other)], NOW) == 1
+        )
+    async with store.transaction(write=False) as tx:
+        events = await tx.events_after("room-1", 0, 100)
+        assert [e.sequence for e in events] == [1, 2, 3, 4, 5]
+        assert [e.kind for e in events] == [
+            EventKind.POOL_OPENED,
+            EventKind.STOCK_CHANGED,
+            EventKind.STOCK_CHANGED,
+            EventKind.STOCK_CHANGED,
+            EventKind.POOL_SOLD_OUT,
+        ]
+        assert all(e.room_id == "room-1" and e.pool == pool for e in events)
+        assert all(e.event_time == NOW for e in events)
+        assert [e.sequence for e in await tx.events_after("room-1", 3, 100)] == [4, 5]
+        assert [e.sequence for e in await tx.events_after("room-2", 0, 100)] == [1]
+        assert await tx.event_bounds("room-1") == EventBounds(first_retained=1, last=5)
+        assert await tx.event_bounds("room-2") == EventBounds(first_retained=1, last=1)
+        assert await tx.event_bounds("room-unknown") is None
+
+
+async def test_listeners_hear_the_last_sequence_only_after_commit(
+    store: SqlStore, db_path: Path
+) -> None:
+    await seed(store, "room-1", "room-2")
+    heard: list[tuple[str, int, int]] = []
+
+    def listener(room_id: str, last_seq: int) -> None:
+        # Read through an independent connection: only committed rows are visible there.
+        with sqlite3.connect(db_path) as conn:
+            (committed,) = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM room_events WHERE room_id = ?", (room_id,)
+            ).fetchone()
+        heard.append((room_id, last_seq, committed))
+
+    store.add_commit_listener(listener)
+    pool = make_pool()
+    async with store.transaction(write=True) as tx:
+        await tx.append_events("room-1", [EventDraft(EventKind.STOCK_CHANGED, pool)], NOW)
+        await tx.append_events("room-1", [EventDraft(EventKind.STOCK_CHANGED, pool)] * 2, NOW)
+        other = make_pool("pool-room-2", "room-2")
+        await tx.append_events("room-2", [EventDraft(EventKind.POOL_OPENED, other)], NOW)
+        assert heard == []  # nothing is told before the commit
+    # One call per room with the last sequence of the transaction, each already committed.
+    assert sorted(heard) == [("room-1", 3, 3), ("room-2", 1, 1)]
+
+
+async def test_listeners_are_not_told_of_a_transaction_without_events(store: SqlStore) -> None:
+    heard: list[tuple[str, int]] = []
+    store.add_commit_listener(lambda room_id, seq: heard.append((room_id, seq)))
+    await seed(store)
+    async with store.transaction(write=True) as tx:
+        await tx.append_events("room-1", [], NOW)
+    assert heard == []
+
+
+async def test_an_exception_in_a_write_transaction_rolls_back_everything(
+    store: SqlStore,
+) -> None:
+    async with store.transaction(write=True) as tx:
+        await tx.insert_room(make_room())
+    heard: list[tuple[str, int]] = []
+    store.add_commit_listener(lambda room_id, seq: heard.append((room_id, seq)))
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        async with store.transaction(write=True) as tx:
+            await tx.insert_pool(make_pool())
+            await tx.append_events("room-1", [EventDraft(EventKind.POOL_OPENED, make_pool())], NOW)
+            raise Boom
+
+    assert heard == []
+    async with store.transaction(write=False) as tx:
+        assert await tx.get_pool("pool-1") is None
+        assert await tx.events_after("room-1", 0, 100) == []
+        assert await tx.event_bounds("room-1") == EventBounds(first_retained=1, last=0)
+    # The sequence counter was rolled back too: the next event is number 1.
+    async with store.transaction(write=True) as tx:
+        await tx.insert_pool(make_pool())
+        assert (
+            await tx.append_events("room-1", [EventDraft(EventKind.POOL_OPENED, make_pool())], NOW)
+            == 1
+        )
+    assert heard == [("room-1", 1)]
+
+
+async def test_a_constraint_refusal_in_a_transaction_is_a_conflict_and_rolls_back(
+    store: SqlStore,
+) -> None:
+    await seed(store)
+    heard: list[tuple[str, int]] = []
+    store.add_commit_listener(lambda room_id, seq: heard.append((room_id, seq)))
+    with pytest.raises(Conflict):
+        async with store.transaction(write=True) as tx:
+            await tx.append_events(
+                "room-1", [EventDraft(EventKind.STOCK_CHANGED, make_pool())], NOW
+            )
+            await tx.insert_coupon(make_coupon("coupon-1"), "req-1", 1, 2)
+            # Same viewer, same slot of the same pool: the database refuses it.
+            await tx.insert_coupon(make_coupon("coupon-2"), "req-2", 1, 2)
+    assert heard == []
+    async with store.transaction(write=False) as tx:
+        assert await tx.get_coupon("coupon-1") is None
+        assert await tx.events_after("room-1", 0, 100) == []
+
+
+async def test_a_second_live_redemption_in_a_transaction_is_a_conflict(store: SqlStore) -> None:
+    await seed(store)
+    coupon = make_coupon()
+    async with store.transaction(write=True) as tx:
+        await tx.insert_coupon(coupon, "req-1", 1, 2)
+        await tx.insert_redemption(Redemption("order-1", coupon, 1_000, 150, NOW), "fp-1")
+    with pytest.raises(Conflict):
+        async with store.transaction(write=True) as tx:
+            await tx.insert_redemption(Redemption("order-2", coupon, 1_000, 150, NOW), "fp-2")
+    async with store.transaction(write=True) as tx:
+        await tx.mark_released("order-1", NOW + timedelta(minutes=1))
+        await tx.insert_redemption(Redemption("order-2", coupon, 1_000, 150, NOW), "fp-2")
+    async with store.transaction(write=False) as tx:
+        found = await tx.get_redemption("order-2")
+        assert found is not None
+        assert found[0].released_at is None
+        assert found[1] == "fp-2"
+
+
+# --- constraints enforced by the database itself ----------------------------------------
+
+
+async def test_database_refuses_negative_remaining_quantity(store: SqlStore) -> None:
+    await seed(store)
+    # Keep granted + remaining == total so only the sign of remaining is wrong.
+    with pytest.raises(IntegrityError, match="ck_pools_remaining_nonneg"):
+        await raw(
+            store,
+            "UPDATE pools SET remaining_quantity = -1, granted_quantity = total_quantity + 1 "
+            "WHERE pool_id = 'pool-1'",
+        )
+    rows = await raw_rows(
+        store, "SELECT remaining_quantity, granted_quantity FROM pools WHERE pool_id = 'pool-1'"
+    )
+    assert rows == [(10, 0)]
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "remaining_quantity = remaining_quantity - 1",
+        "granted_quantity = granted_quantity + 1",
+        "total_quantity = total_quantity + 1",
+    ],
+)
+async def test_database_refuses_granted_plus_remaining_other_than_total(
+    store: SqlStore, assignment: str
+) -> None:
+    await seed(store)
+    with pytest.raises(IntegrityError, match="ck_pools_conservation"):
+        await raw(store, f"UPDATE pools SET {assignment} WHERE pool_id = 'pool-1'")
+
+
+async def test_database_accepts_a_grant_that_keeps_the_books_balanced(store: SqlStore) -> None:
+    await seed(store)
+    await raw(
+        store,
+        "UPDATE pools SET remaining_quantity = remaining_quantity - 1, "
+        "granted_quantity = granted_quantity + 1 WHERE pool_id = 'pool-1'",
+    )
+    rows = await raw_rows(
+        store, "SELECT remaining_quantity, granted_quantity FROM pools WHERE pool_id = 'pool-1'"
+    )
+    assert rows == [(9, 1)]
+
+
+@pytest.mark.parametrize(("slot", "limit"), [(3, 2), (2, 1), (0, 2)])
+async def test_database_refuses_a_coupon_slot_outside_the_per_viewer_limit(
+    store: SqlStore, slot: int, limit: int
+) -> None:
+    await seed(store)
+    with pytest.raises(IntegrityError, match="ck_coupons_slot"):
+        await raw_coupon(store, "coupon-1", slot=slot, per_viewer_limit=limit)
+
+
+async def test_database_accepts_slots_up_to_the_per_viewer_limit(store: SqlStore) -> None:
+    await seed(store)
+    await raw_coupon(store, "coupon-1", slot=1, per_viewer_limit=2)
+    await raw_coupon(store, "coupon-2", slot=2, per_viewer_limit=2)
+    await raw_coupon(store, "coupon-3", viewer_id="viewer-2", slot=1, per_viewer_limit=2)
+    assert await raw_rows(store, "SELECT COUNT(*) FROM coupons") == [(3,)]
+
+
+async def test_database_refuses_two_coupons_in_one_viewer_slot_of_a_pool(store: SqlStore) -> None:
+    await seed(store)
+    await raw_coupon(store, "coupon-1", slot=1)
+    with pytest.raises(
+        IntegrityError, match=r"coupons\.pool_id, coupons\.viewer_id, coupons\.slot"
+    ):
+        await raw_coupon(store, "coupon-2", slot=1)
+
+
+async def test_database_refuses_one_request_id_twice_for_a_viewer(store: SqlStore) -> None:
+    await seed(store)
+    await raw_coupon(store, "coupon-1", request_id="req-1", slot=1)
+    with pytest.raises(IntegrityError, match=r"coupons\.viewer_id, coupons\.request_id"):
+        await raw_coupon(store, "coupon-2", request_id="req-1", slot=2)
+    # Another viewer may use the same request id.
+    await raw_coupon(store, "coupon-3", viewer_id="viewer-2", request_id="req-1", slot=1)
+
+
+async def test_database_allows_one_live_redemption_per_coupon(store: SqlStore) -> None:
+    await seed(store)
+    await raw_coupon(store, "coupon-1")
+    await raw(store, _INSERT_REDEMPTION, order_id="order-1", coupon_id="coupon-1")
+    with pytest.raises(IntegrityError, match=r"redemptions\.coupon_id"):
+        await raw(store, _INSERT_REDEMPTION, order_id="order-2", coupon_id="coupon-1")
+    # Once the first order released the coupon it may be redeemed again.
+    await raw(store, "UPDATE redemptions SET released_at_us = 5 WHERE order_id = 'order-1'")
+    await raw(store, _INSERT_REDEMPTION, order_id="order-2", coupon_id="coupon-1")
+    # ...but only once more.
+    with pytest.raises(IntegrityError, match=r"redemptions\.coupon_id"):
+        await raw(store, _INSERT_REDEMPTION, order_id="order-3", coupon_id="coupon-1")
+
+
+# --- pruning ----------------------------------------------------------------------------
+
+
+async def test_prune_events_removes_old_events_and_moves_first_retained(store: SqlStore) -> None:
+    await seed(store, "room-1", "room-2", "room-3")
+    old, recent = NOW - timedelta(days=2), NOW
+    pool = make_pool()
+    async with store.transaction(write=True) as tx:
+        await tx.append_events("room-1", [EventDraft(EventKind.STOCK_CHANGED, pool)] * 3, old)
+        await tx.append_events("room-2", [EventDraft(EventKind.STOCK_CHANGED, pool)] * 2, old)
+        await tx.append_events("room-3", [EventDraft(EventKind.STOCK_CHANGED, pool)] * 2, recent)
+    async with store.transaction(write=True) as tx:
+        await tx.append_events("room-1", [EventDraft(EventKind.STOCK_CHANGED, pool)] * 2, recent)
+
+    removed = await store.prune_events(NOW - timedelta(days=1))
+
+    assert removed == 3 + 2
+    async with store.transaction(write=False) as tx:
+        # room-1 keeps its two recent events, 4 and 5.
+        assert [e.sequence for e in await tx.events_after("room-1", 0, 100)] == [4, 5]
+        assert await tx.event_bounds("room-1") == EventBounds(first_retained=4, last=5)
+        # room-2 lost everything: the next event it will ever have is the first retained.
+        assert await tx.events_after("room-2", 0, 100) == []
+        assert await tx.event_bounds("room-2") == EventBounds(first_retained=3, last=2)
+        # room-3 had only recent events.
+        assert await tx.event_bounds("room-3") == EventBounds(first_retained=1, last=2)
+
+
+async def test_prune_events_with_nothing_old_removes_nothing(store: SqlStore) -> None:
+    await seed(store)
+    async with store.transaction(write=True) as tx:
+        await tx.append_events("room-1", [EventDraft(EventKind.STOCK_CHANGED, make_pool())], NOW)
+    assert await store.prune_events(NOW - timedelta(seconds=1)) == 0
+    async with store.transaction(write=False) as tx:
+        assert await tx.event_bounds("room-1") == EventBounds(first_retained=1, last=1)
+        assert len(await tx.events_after("room-1", 0, 100)) == 1
