@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,14 @@ class Settings:
     """On SIGTERM, in-flight calls get this long to finish."""
     sqlite_synchronous: str = "FULL"
     """SQLite PRAGMA synchronous: FULL survives power loss, NORMAL only process crashes."""
+    allocation_batching: bool = True
+    """Grants go through the per-pool group-commit path; false: one transaction per grab."""
+    admission_limit: int = 20_000
+    """Allocate calls in flight above this are refused at once with RESOURCE_EXHAUSTED."""
+    metrics_port: int = 9464
+    """Port of the Prometheus /metrics endpoint; 0 turns metrics off."""
+    metrics_host: str = "0.0.0.0"
+    """Address of the metrics endpoint."""
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to the embedded SQLite file."""
@@ -55,7 +63,20 @@ _ENV = {
     "event_retention_seconds": "LIVERESOURCE_EVENT_RETENTION_SECONDS",
     "shutdown_grace_seconds": "LIVERESOURCE_SHUTDOWN_GRACE_SECONDS",
     "sqlite_synchronous": "LIVERESOURCE_SQLITE_SYNCHRONOUS",
+    "allocation_batching": "LIVERESOURCE_ALLOCATION_BATCHING",
+    "admission_limit": "LIVERESOURCE_ADMISSION_LIMIT",
+    "metrics_port": "LIVERESOURCE_METRICS_PORT",
+    "metrics_host": "LIVERESOURCE_METRICS_HOST",
 }
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def load_settings(
@@ -69,7 +90,7 @@ def load_settings(
     )
     for name, var in _ENV.items():
         default = getattr(defaults, name)
-        kind = type(default)
+        kind: Callable[[str], object] = _boolean if isinstance(default, bool) else type(default)
         raw = env.get(var)
         value = kind(raw) if raw not in (None, "") else default
         parser.add_argument(
