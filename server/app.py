@@ -16,8 +16,12 @@ from server.api.auth import Authenticator, load_token_key
 from server.api.calls import CallRunner
 from server.api.servicer import SERVICE_NAME, Servicer
 from server.config import Settings
+from server.domain.errors import Unavailable
+from server.metrics import Metrics
+from server.service.admission import AdmissionGate
 from server.service.clock import Clock, utc_now
 from server.service.context import ServiceContext
+from server.service.grants import GrantDesk
 from server.service.lifecycle import LifecycleTicker, prune_forever
 from server.service.shielding import drain
 from server.store.sql_store import SqlStore
@@ -46,6 +50,10 @@ class RunningServer:
     store: SqlStore
     feeds: FeedRegistry
     health: health.aio.HealthServicer
+    desk: GrantDesk | None = None
+    metrics: Metrics | None = None
+    metrics_port: int = 0
+    writer: asyncio.Task[None] | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopped: bool = False
 
@@ -57,7 +65,18 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.feeds.close()
         await self.server.stop(grace)
+        # The writer stops only after the calls drained: their grants must commit first.
+        if self.writer is not None:
+            self.writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.writer
+        if self.desk is not None:
+            self.desk.fail_pending(
+                Unavailable("the server is shutting down; retry", reason="SHUTTING_DOWN")
+            )
         await drain(max(grace, 1.0))
+        if self.metrics is not None:
+            self.metrics.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -76,13 +95,24 @@ async def start_server(settings: Settings, *, clock: Clock = utc_now) -> Running
     await store.start()
     ctx = ServiceContext(store=store, clock=clock)
     feeds = FeedRegistry(store)
-    ticker = LifecycleTicker(ctx)
+    metrics = Metrics() if settings.metrics_port else None
+    desk = None
+    if settings.allocation_batching:
+        desk = GrantDesk(ctx, on_batch=metrics.observe_batch if metrics else None)
+    # Pools whose state the ticker announces are re-read by the grab path.
+    ticker = LifecycleTicker(ctx, on_change=desk.invalidate if desk else lambda _: None)
     servicer = Servicer(
-        ctx=ctx, feeds=feeds, ticker=ticker, heartbeat_seconds=settings.heartbeat_seconds
+        ctx=ctx,
+        feeds=feeds,
+        ticker=ticker,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        gate=AdmissionGate(settings.admission_limit),
+        desk=desk,
+        metrics=metrics,
     )
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
-    server.add_generic_rpc_handlers((servicer.handler(CallRunner(Authenticator(key))),))
+    server.add_generic_rpc_handlers((servicer.handler(CallRunner(Authenticator(key), metrics)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -100,8 +130,19 @@ async def start_server(settings: Settings, *, clock: Clock = utc_now) -> Running
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = RunningServer(
-        server=server, port=port, store=store, feeds=feeds, health=health_servicer
+        server=server,
+        port=port,
+        store=store,
+        feeds=feeds,
+        health=health_servicer,
+        desk=desk,
+        metrics=metrics,
     )
+    if metrics is not None:
+        metrics.track_open_streams(feeds.open_streams)
+        running.metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+    if desk is not None:
+        running.writer = asyncio.create_task(desk.run(), name="grant-writer")
     running.tasks.append(asyncio.create_task(ticker.run(), name="lifecycle"))
     retention = timedelta(seconds=settings.event_retention_seconds)
     running.tasks.append(asyncio.create_task(prune_forever(ctx, retention), name="prune"))

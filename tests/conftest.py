@@ -54,6 +54,7 @@ def settings_for(data_dir: Path, **overrides: object) -> Settings:
         "heartbeat_seconds": 0.5,
         "shutdown_grace_seconds": 1.0,
         "sqlite_synchronous": "NORMAL",
+        "metrics_port": 0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from server.api.auth import Authenticator
 from server.api.status import RpcFailure, failure_for, internal_failure
 from server.domain.errors import DomainError, FieldViolation, InvalidArgument
 from server.domain.models import Principal
+from server.metrics import Metrics
 from server.service.shielding import finish_even_if_cancelled
 
 log = logging.getLogger("liveresource.calls")
@@ -57,8 +58,9 @@ def _check_decoded(request: Any) -> None:
 class CallRunner:
     """Runs behaviours with the shared per-call concerns."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, metrics: Metrics | None = None) -> None:
         self._auth = authenticator
+        self._metrics = metrics
 
     def _principal(self, request: Any, context: grpc.aio.ServicerContext) -> Principal:
         # Authentication comes first: an anonymous caller learns nothing, not even
@@ -76,17 +78,17 @@ class CallRunner:
                 principal = self._principal(request, context)
                 who = f"{principal.role.value}:{principal.subject}"
                 response, note = await finish_even_if_cancelled(behavior(principal, request))
-                _log(method, who, "OK", started, note)
+                self._log(method, who, "OK", started, note)
                 return response
             except DomainError as exc:
                 failure = failure_for(exc)
             except asyncio.CancelledError:
-                _log(method, who, "CANCELLED", started, "")
+                self._log(method, who, "CANCELLED", started, "")
                 raise
             except Exception:
                 failure, ref = internal_failure()
                 log.exception("unexpected error in %s (reference %s)", method, ref)
-            _log(method, who, failure.code.name, started, failure.message)
+            self._log(method, who, failure.code.name, started, failure.message)
             await context.abort(failure.code, failure.message, failure.trailing_metadata())
             raise AssertionError("abort returned")  # pragma: no cover
 
@@ -108,23 +110,25 @@ class CallRunner:
                     async for message in messages:
                         yield message
                         sent += 1
-                _log(method, who, "OK", started, f"sent={sent}")
+                self._log(method, who, "OK", started, f"sent={sent}")
                 return
             except DomainError as exc:
                 failure = failure_for(exc)
             except asyncio.CancelledError:
                 # Let the cancellation propagate: swallowing it leaks per-stream memory.
-                _log(method, who, "CANCELLED", started, f"sent={sent}")
+                self._log(method, who, "CANCELLED", started, f"sent={sent}")
                 raise
             except Exception:
                 failure, ref = internal_failure()
                 log.exception("unexpected error in %s (reference %s)", method, ref)
-            _log(method, who, failure.code.name, started, f"sent={sent} {failure.message}")
+            self._log(method, who, failure.code.name, started, f"sent={sent} {failure.message}")
             await context.abort(failure.code, failure.message, failure.trailing_metadata())
 
         return handle
 
-
-def _log(method: str, who: str, code: str, started: float, note: str) -> None:
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    log.info("rpc=%s caller=%s code=%s ms=%.1f %s", method, who, code, elapsed_ms, note)
+    def _log(self, method: str, who: str, code: str, started: float, note: str) -> None:
+        elapsed = time.perf_counter() - started
+        if self._metrics is not None:
+            self._metrics.observe_call(method, code, elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info("rpc=%s caller=%s code=%s ms=%.1f %s", method, who, code, elapsed * 1000, note)

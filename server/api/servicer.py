@@ -13,8 +13,11 @@ from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from server.api import convert
 from server.api.calls import CallRunner, UnaryBehavior, safe_deserializer
 from server.domain.models import Principal
+from server.metrics import Metrics
 from server.service import allocate, configure, coupons, rooms, subscribe
+from server.service.admission import AdmissionGate
 from server.service.context import ServiceContext
+from server.service.grants import GrantDesk
 from server.service.lifecycle import LifecycleTicker
 from server.store.interface import IdempotencyKey
 from server.streaming.feed import FeedRegistry
@@ -30,6 +33,16 @@ class Servicer:
     feeds: FeedRegistry
     ticker: LifecycleTicker
     heartbeat_seconds: float
+    gate: AdmissionGate
+    desk: GrantDesk | None = None
+    """The batched grab path; None means one transaction per grab."""
+    metrics: Metrics | None = None
+
+    def pool_changed(self, pool_id: str) -> None:
+        """A pool's configuration or announced state changed in the store."""
+        self.ticker.poke()
+        if self.desk is not None:
+            self.desk.invalidate(pool_id)
 
     def _key(
         self,
@@ -75,7 +88,7 @@ class Servicer:
             request.room_id,
             key,
             lambda: convert.configure_op_in(request),
-            on_change=self.ticker.poke,
+            on_change=self.pool_changed,
         )
         note = f"op={request.WhichOneof('operation')} pool={pool.pool_id} v={pool.version}"
         return (svc.ConfigureResourcesResponse(pool=convert.pool_out(pool, self.ctx.clock())), note)
@@ -84,7 +97,13 @@ class Servicer:
         self, principal: Principal, request: svc.AllocateRequest
     ) -> tuple[svc.AllocateResponse, str]:
         key = self._key(principal, "Allocate", request.request_id, request)
-        result = await allocate.allocate(self.ctx, principal, key, request.pool_id)
+        with self.gate.admit():
+            if self.desk is not None:
+                result = await self.desk.allocate(principal, key, request.pool_id)
+            else:
+                result = await allocate.allocate(self.ctx, principal, key, request.pool_id)
+        if self.metrics is not None:
+            self.metrics.observe_outcome(result.outcome.value)
         return convert.allocation_out(result), f"pool={request.pool_id} outcome={result.outcome}"
 
     async def list_coupons(

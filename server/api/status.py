@@ -88,6 +88,9 @@ def _details_for(exc: e.DomainError) -> tuple[grpc.StatusCode, list[object]]:
     if isinstance(exc, e.Conflict):
         retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=50_000_000))
         return grpc.StatusCode.ABORTED, [retry, _info(exc.reason)]
+    if isinstance(exc, e.Overloaded):
+        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=200_000_000))
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, [retry, _info(exc.reason)]
     if isinstance(exc, e.Unavailable):
         retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))
         return grpc.StatusCode.UNAVAILABLE, [retry, _info(exc.reason)]

@@ -117,3 +117,7 @@ class Unavailable(DomainError):
 
 class Conflict(DomainError):
     """A concurrent change won a race the database arbitrated; retrying is safe."""
+
+
+class Overloaded(DomainError):
+    """Too much in flight: refused at once; retrying after a short delay is expected."""

@@ -11,7 +11,7 @@ from server.service.access import require_role
 from server.service.context import ServiceContext, replay
 from server.service.ids import new_coupon_code, new_coupon_id
 from server.store import codec
-from server.store.interface import IdempotencyKey
+from server.store.interface import IdempotencyKey, NewCoupon
 
 
 async def allocate(
@@ -44,7 +44,9 @@ async def allocate(
                 pool, viewer_id, new_coupon_id(), new_coupon_code(), now
             )
             await tx.update_pool(after)
-            await tx.insert_coupon(coupon, key.request_id, held + 1, pool.per_viewer_limit)
+            await tx.insert_coupons(
+                [NewCoupon(coupon, key.request_id, held + 1, pool.per_viewer_limit)]
+            )
             await tx.append_events(pool.room_id, events, now)
             result = AllocationResult(
                 outcome=Outcome.GRANTED,
@@ -57,5 +59,5 @@ async def allocate(
             if events:
                 await tx.update_pool(announced)
                 await tx.append_events(pool.room_id, events, now)
-        await tx.put_answer(key, codec.allocation_to_json(result), now)
+        await tx.put_answers([(key, codec.allocation_to_json(result))], now)
         return result

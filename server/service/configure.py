@@ -69,7 +69,7 @@ async def configure(
     room_id: str,
     key: IdempotencyKey,
     build: Callable[[], ConfigureOp],
-    on_change: Callable[[], None] = lambda: None,
+    on_change: Callable[[str], None] = lambda pool_id: None,
 ) -> Pool:
     """Carry out one configuration operation in a room the caller owns.
 
@@ -89,8 +89,8 @@ async def configure(
             return codec.pool_from_json(recorded)
         now = ctx.clock()
         pool = await _apply(ctx, tx, room, op, now)
-        await tx.put_answer(key, codec.pool_to_json(pool), now)
-    on_change()
+        await tx.put_answers([(key, codec.pool_to_json(pool))], now)
+    on_change(pool.pool_id)
     return pool
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from server.domain.pools import due_transitions
@@ -20,8 +21,14 @@ class LifecycleTicker:
     processes are picked up), and is poked awake when a pool is configured here.
     """
 
-    def __init__(self, ctx: ServiceContext, max_sleep: float = 1.0) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        max_sleep: float = 1.0,
+        on_change: Callable[[str], None] = lambda pool_id: None,
+    ) -> None:
         self._ctx = ctx
+        self._on_change = on_change
         self._max_sleep = max_sleep
         self._wake = asyncio.Event()
 
@@ -37,11 +44,14 @@ class LifecycleTicker:
             upcoming = await tx.next_due()
         if due:
             async with store.transaction(write=True) as tx:
-                for pool in await tx.pools_due(now):
+                changed = await tx.pools_due(now)
+                for pool in changed:
                     announced, events = due_transitions(pool, now)
                     await tx.update_pool(announced)
                     await tx.append_events(pool.room_id, events, now)
                 upcoming = await tx.next_due()
+            for pool in changed:
+                self._on_change(pool.pool_id)
         if upcoming is None:
             return self._max_sleep
         return min(self._max_sleep, max(0.0, (upcoming - self._ctx.clock()).total_seconds()))

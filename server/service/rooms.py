@@ -38,7 +38,7 @@ async def register_room(
             ctx.clock(),
         )
         await tx.insert_room(registered)
-        await tx.put_answer(key, registered.room_id, registered.created_at)
+        await tx.put_answers([(key, registered.room_id)], registered.created_at)
         return registered
 
 

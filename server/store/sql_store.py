@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, event, func, insert, or_, select, update
+from sqlalchemy import and_, delete, event, func, insert, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -26,7 +26,13 @@ from server.domain.models import (
     RoomEvent,
 )
 from server.store import codec
-from server.store.interface import CommitListener, EventBounds, IdempotencyKey, StoredAnswer
+from server.store.interface import (
+    CommitListener,
+    EventBounds,
+    IdempotencyKey,
+    NewCoupon,
+    StoredAnswer,
+)
 from server.store.migrate import upgrade_to_head
 from server.store.schema import coupons, idempotency, pools, redemptions, room_events, rooms
 
@@ -45,6 +51,13 @@ _COUPON_COLUMNS = (
     pools.c.target,
     pools.c.currency_code,
 )
+
+
+_CHUNK = 400  # bound on the parameters of one IN (...) list
+
+
+def _chunks(items: list[Any]) -> list[list[Any]]:
+    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
 
 
 def _coupon_from_row(r: Any) -> Coupon:
@@ -85,17 +98,44 @@ class SqlTransaction:
         )
         return None if r is None else StoredAnswer(r["method"], r["fingerprint"], r["result"])
 
-    async def put_answer(self, key: IdempotencyKey, result: str, now: datetime) -> None:
+    async def put_answers(
+        self, answers: Sequence[tuple[IdempotencyKey, str]], now: datetime
+    ) -> None:
+        if not answers:
+            return
+        at = codec.to_us(now)
         await self._conn.execute(
-            insert(idempotency).values(
-                subject=key.subject,
-                request_id=key.request_id,
-                method=key.method,
-                fingerprint=key.fingerprint,
-                result=result,
-                created_at_us=codec.to_us(now),
-            )
+            insert(idempotency),
+            [
+                {
+                    "subject": key.subject,
+                    "request_id": key.request_id,
+                    "method": key.method,
+                    "fingerprint": key.fingerprint,
+                    "result": result,
+                    "created_at_us": at,
+                }
+                for key, result in answers
+            ],
         )
+
+    async def get_answers(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], StoredAnswer]:
+        found: dict[tuple[str, str], StoredAnswer] = {}
+        for chunk in _chunks(list(keys)):
+            rows = await self._conn.execute(
+                select(
+                    idempotency.c.subject,
+                    idempotency.c.request_id,
+                    idempotency.c.method,
+                    idempotency.c.fingerprint,
+                    idempotency.c.result,
+                ).where(tuple_(idempotency.c.subject, idempotency.c.request_id).in_(chunk))
+            )
+            for subject, request_id, method, fingerprint, result in rows:
+                found[(subject, request_id)] = StoredAnswer(method, fingerprint, result)
+        return found
 
     async def get_room(self, room_id: str) -> Room | None:
         r = await self._one(select(rooms).where(rooms.c.room_id == room_id))
@@ -120,6 +160,13 @@ class SqlTransaction:
             stmt = stmt.with_for_update()
         r = await self._one(stmt)
         return None if r is None else codec.pool_from_row(r)
+
+    async def get_pools(self, pool_ids: Sequence[str], *, for_update: bool = False) -> list[Pool]:
+        stmt = select(pools).where(pools.c.pool_id.in_(sorted(pool_ids))).order_by(pools.c.pool_id)
+        if for_update and self._postgres:
+            stmt = stmt.with_for_update()
+        rows = (await self._conn.execute(stmt)).mappings().all()
+        return [codec.pool_from_row(r) for r in rows]
 
     async def insert_pool(self, pool: Pool) -> None:
         await self._conn.execute(insert(pools).values(codec.pool_to_row(pool)))
@@ -191,24 +238,48 @@ class SqlTransaction:
         )
         return int(r.scalar_one())
 
-    async def insert_coupon(
-        self, coupon: Coupon, request_id: str, slot: int, per_viewer_limit: int
-    ) -> None:
+    async def insert_coupons(self, grants: Sequence[NewCoupon]) -> None:
+        if not grants:
+            return
         await self._conn.execute(
-            insert(coupons).values(
-                coupon_id=coupon.coupon_id,
-                code=coupon.code,
-                pool_id=coupon.pool_id,
-                room_id=coupon.room_id,
-                viewer_id=coupon.viewer_id,
-                request_id=request_id,
-                slot=slot,
-                per_viewer_limit=per_viewer_limit,
-                valid_from_us=codec.to_us(coupon.valid_from),
-                valid_until_us=codec.to_us(coupon.valid_until),
-                redeemed_order_id=coupon.redeemed_order_id,
-            )
+            insert(coupons),
+            [
+                {
+                    "coupon_id": g.coupon.coupon_id,
+                    "code": g.coupon.code,
+                    "pool_id": g.coupon.pool_id,
+                    "room_id": g.coupon.room_id,
+                    "viewer_id": g.coupon.viewer_id,
+                    "request_id": g.request_id,
+                    "slot": g.slot,
+                    "per_viewer_limit": g.per_viewer_limit,
+                    "valid_from_us": codec.to_us(g.coupon.valid_from),
+                    "valid_until_us": codec.to_us(g.coupon.valid_until),
+                    "redeemed_order_id": g.coupon.redeemed_order_id,
+                }
+                for g in grants
+            ],
         )
+
+    async def count_grants_many(
+        self, pairs: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]:
+        found: dict[tuple[str, str], int] = {}
+        for chunk in _chunks(list(pairs)):
+            rows = await self._conn.execute(
+                select(coupons.c.pool_id, coupons.c.viewer_id, func.count())
+                .where(tuple_(coupons.c.pool_id, coupons.c.viewer_id).in_(chunk))
+                .group_by(coupons.c.pool_id, coupons.c.viewer_id)
+            )
+            for pool_id, viewer_id, n in rows:
+                found[(pool_id, viewer_id)] = int(n)
+        return found
+
+    async def granted_keys(self, pool_id: str) -> list[tuple[str, str]]:
+        rows = await self._conn.execute(
+            select(coupons.c.viewer_id, coupons.c.request_id).where(coupons.c.pool_id == pool_id)
+        )
+        return [(v, r) for v, r in rows]
 
     def _coupon_query(self) -> Any:
         return select(*_COUPON_COLUMNS).select_from(

@@ -63,6 +63,8 @@ class ServerProcess:
                 "0.5",
                 "--shutdown-grace-seconds",
                 "2",
+                "--metrics-port",
+                "0",
                 "--log-level",
                 os.environ.get("LR_TEST_LOG", "WARNING"),
             ],

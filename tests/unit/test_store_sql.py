@@ -29,7 +29,7 @@ from server.domain.models import (
     Target,
     Validity,
 )
-from server.store.interface import EventBounds
+from server.store.interface import EventBounds, NewCoupon
 from server.store.sql_store import SqlStore
 
 NOW = datetime(2030, 5, 1, 12, 0, 0, 123_456, tzinfo=UTC)
@@ -233,7 +233,7 @@ async def test_coupon_round_trips_with_its_pool_terms(store: SqlStore) -> None:
     await seed(store)
     coupon = make_coupon()
     async with store.transaction(write=True) as tx:
-        await tx.insert_coupon(coupon, "req-1", 1, 2)
+        await tx.insert_coupons([NewCoupon(coupon, "req-1", 1, 2)])
     async with store.transaction(write=False) as tx:
         assert await tx.get_coupon("coupon-1") == coupon
         assert await tx.get_coupon_by_code(coupon.code) == coupon
@@ -359,9 +359,9 @@ async def test_a_constraint_refusal_in_a_transaction_is_a_conflict_and_rolls_bac
             await tx.append_events(
                 "room-1", [EventDraft(EventKind.STOCK_CHANGED, make_pool())], NOW
             )
-            await tx.insert_coupon(make_coupon("coupon-1"), "req-1", 1, 2)
+            await tx.insert_coupons([NewCoupon(make_coupon("coupon-1"), "req-1", 1, 2)])
             # Same viewer, same slot of the same pool: the database refuses it.
-            await tx.insert_coupon(make_coupon("coupon-2"), "req-2", 1, 2)
+            await tx.insert_coupons([NewCoupon(make_coupon("coupon-2"), "req-2", 1, 2)])
     assert heard == []
     async with store.transaction(write=False) as tx:
         assert await tx.get_coupon("coupon-1") is None
@@ -372,7 +372,7 @@ async def test_a_second_live_redemption_in_a_transaction_is_a_conflict(store: Sq
     await seed(store)
     coupon = make_coupon()
     async with store.transaction(write=True) as tx:
-        await tx.insert_coupon(coupon, "req-1", 1, 2)
+        await tx.insert_coupons([NewCoupon(coupon, "req-1", 1, 2)])
         await tx.insert_redemption(Redemption("order-1", coupon, 1_000, 150, NOW), "fp-1")
     with pytest.raises(Conflict):
         async with store.transaction(write=True) as tx:
