@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from server.service.context import ServiceContext
 from server.service.grants import GrantDesk
 from server.service.lifecycle import LifecycleTicker, prune_forever
 from server.service.shielding import drain
+from server.store.interface import Store
 from server.store.sql_store import SqlStore
 from server.streaming.feed import FeedRegistry
 
@@ -47,7 +49,7 @@ class RunningServer:
 
     server: grpc.aio.Server
     port: int
-    store: SqlStore
+    store: Store
     feeds: FeedRegistry
     health: health.aio.HealthServicer
     desk: GrantDesk | None = None
@@ -86,11 +88,19 @@ class RunningServer:
         log.info("server stopped")
 
 
-async def start_server(settings: Settings, *, clock: Clock = utc_now) -> RunningServer:
-    """Start serving on settings.host:settings.port (0 picks a free port)."""
+async def start_server(
+    settings: Settings,
+    *,
+    clock: Clock = utc_now,
+    wrap_store: Callable[[Store], Store] = lambda store: store,
+) -> RunningServer:
+    """Start serving on settings.host:settings.port (0 picks a free port).
+
+    `wrap_store` lets tests put a fault-injecting Store around the real one.
+    """
     key = load_token_key(settings.token_key, settings.token_key_file, settings.data_dir)
-    store = SqlStore(
-        settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
+    store = wrap_store(
+        SqlStore(settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous)
     )
     await store.start()
     ctx = ServiceContext(store=store, clock=clock)
@@ -146,7 +156,12 @@ async def start_server(settings: Settings, *, clock: Clock = utc_now) -> Running
     running.tasks.append(asyncio.create_task(ticker.run(), name="lifecycle"))
     retention = timedelta(seconds=settings.event_retention_seconds)
     running.tasks.append(asyncio.create_task(prune_forever(ctx, retention), name="prune"))
-    log.info("liveresource serving on %s:%d (database %s)", settings.host, port, _redact(store.url))
+    log.info(
+        "liveresource serving on %s:%d (database %s)",
+        settings.host,
+        port,
+        _redact(settings.resolved_database_url()),
+    )
     return running
 
 

@@ -14,6 +14,7 @@ from client_sdk import AsyncLiveResourceClient, ClientConfig, RetryPolicy, mint_
 from server.app import RunningServer, start_server
 from server.config import Settings
 from server.service.clock import utc_now
+from server.store.interface import Store
 from tests.support import TOKEN_KEY, room_message, unique
 
 logging.getLogger("liveresource.calls").setLevel(logging.WARNING)
@@ -60,11 +61,16 @@ def settings_for(data_dir: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-async def launch(data_dir: Path, **overrides: object) -> ServerHandle:
-    """Start a server on a free loopback port."""
+async def launch(
+    data_dir: Path, *, wrap_store: Callable[[Store], Store] | None = None, **overrides: object
+) -> ServerHandle:
+    """Start a server on a free loopback port (settings overridden by keyword)."""
     clock = MovableClock()
     settings = settings_for(data_dir, **overrides)
-    running = await start_server(settings, clock=clock)
+    if wrap_store is None:
+        running = await start_server(settings, clock=clock)
+    else:
+        running = await start_server(settings, clock=clock, wrap_store=wrap_store)
     return ServerHandle(running, settings, clock)
 
 

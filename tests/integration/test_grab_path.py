@@ -1,0 +1,317 @@
+"""The batched grab path: same guarantees as one transaction per grab, under faults,
+restarts, bursts and overload; and the metrics that show it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from client_sdk import (
+    AsyncLiveResourceClient,
+    RetryPolicy,
+    UnavailableError,
+    mint_token,
+)
+from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
+from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as svc_grpc
+from server.store.interface import Store, Transaction
+from tests.conftest import ServerHandle, launch
+from tests.support import TOKEN_KEY, fixed_pool, new_request_id, room_message, unique
+
+Factory = Callable[..., AsyncLiveResourceClient]
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+class FlakyStore:
+    """A Store whose next write transactions fail after their writes, before the commit."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.fail_writes = 0
+        self.failed = 0
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def add_commit_listener(self, listener: Any) -> None:
+        self.inner.add_commit_listener(listener)
+
+    async def prune_events(self, older_than: Any) -> int:
+        return await self.inner.prune_events(older_than)
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool) -> AsyncIterator[Transaction]:
+        async with self.inner.transaction(write=write) as tx:
+            yield tx
+            if write and self.fail_writes > 0:
+                self.fail_writes -= 1
+                self.failed += 1
+                raise RuntimeError("injected failure at commit")
+
+
+async def count_rows(handle: ServerHandle, sql: str, **params: object) -> Any:
+    engine = create_async_engine(handle.settings.resolved_database_url())
+    try:
+        async with engine.connect() as conn:
+            return (await conn.execute(text(sql), params)).all()
+    finally:
+        await engine.dispose()
+
+
+async def open_room(handle: ServerHandle, factory: Factory, total: int, limit: int = 1) -> str:
+    room_id, streamer_id = unique("room"), unique("streamer")
+    await factory("platform", "p", target=handle.target).register_room(
+        room_message(room_id, streamer_id)
+    )
+    streamer = factory("streamer", streamer_id, target=handle.target)
+    created = await streamer.configure_resources(
+        room_id, create_pool=fixed_pool(room_id, total=total, limit=limit)
+    )
+    return created.pool.pool_id
+
+
+@pytest.fixture
+async def flaky(tmp_path: Path) -> AsyncIterator[tuple[ServerHandle, FlakyStore]]:
+    stores: list[FlakyStore] = []
+
+    def wrap(store: Store) -> Store:
+        stores.append(FlakyStore(store))
+        return stores[0]
+
+    handle = await launch(tmp_path, wrap_store=wrap)
+    yield handle, stores[0]
+    await handle.running.stop(1.0)
+
+
+async def test_a_commit_that_fails_mid_batch_loses_nothing_and_grants_once_on_retry(
+    flaky: tuple[ServerHandle, FlakyStore], client_factory: Factory
+) -> None:
+    handle, store = flaky
+    pool_id = await open_room(handle, client_factory, total=30)
+    viewers = [
+        client_factory("viewer", f"flaky-{i}", target=handle.target, retry=NO_RETRY)
+        for i in range(40)
+    ]
+    request_ids = [new_request_id() for _ in viewers]
+    store.fail_writes = 1  # the first grant batch fails at commit
+
+    async def grab(i: int) -> svc.AllocateResponse | UnavailableError:
+        try:
+            return await viewers[i].allocate(pool_id, request_id=request_ids[i])
+        except UnavailableError as exc:
+            return exc
+
+    first = await asyncio.gather(*(grab(i) for i in range(len(viewers))))
+    failed = [i for i, r in enumerate(first) if isinstance(r, UnavailableError)]
+    assert store.failed == 1 and failed, "the injected failure reached some callers"
+    assert all(first[i].reason == "COMMIT_FAILED" for i in failed)  # type: ignore[union-attr]
+    acknowledged = {
+        i: r.coupon.code
+        for i, r in enumerate(first)
+        if not isinstance(r, Exception) and r.outcome == svc.ALLOCATION_OUTCOME_GRANTED
+    }
+
+    second = await asyncio.gather(*(grab(i) for i in range(len(viewers))))
+    assert not any(isinstance(r, Exception) for r in second)
+    for i, code in acknowledged.items():
+        assert second[i].coupon.code == code, "an acknowledged grant must never change"  # type: ignore[union-attr]
+    granted = [r for r in second if r.outcome == svc.ALLOCATION_OUTCOME_GRANTED]  # type: ignore[union-attr]
+    assert len(granted) == 30
+    rows = await count_rows(handle, "SELECT viewer_id FROM coupons WHERE pool_id = :p", p=pool_id)
+    assert len(rows) == 30 and len({r[0] for r in rows}) == 30
+    (pool_row,) = await count_rows(
+        handle,
+        "SELECT granted_quantity, remaining_quantity, total_quantity FROM pools WHERE pool_id = :p",
+        p=pool_id,
+    )
+    assert tuple(pool_row) == (30, 0, 30)
+
+
+async def test_restart_with_an_open_pool_reloads_its_state_and_goes_on(
+    tmp_path: Path, client_factory: Factory
+) -> None:
+    handle = await launch(tmp_path)
+    pool_id = await open_room(handle, client_factory, total=10, limit=1)
+    early = {f"early-{i}": new_request_id() for i in range(4)}
+    codes = {}
+    for viewer, rid in early.items():
+        answer = await client_factory("viewer", viewer, target=handle.target).allocate(
+            pool_id, request_id=rid
+        )
+        codes[viewer] = answer.coupon.code
+    await handle.running.stop(1.0)
+
+    handle = await launch(tmp_path)
+    try:
+        for viewer, rid in early.items():
+            client = client_factory("viewer", viewer, target=handle.target)
+            # The retry of a grant made before the restart returns the same coupon...
+            assert (await client.allocate(pool_id, request_id=rid)).coupon.code == codes[viewer]
+            # ...and the viewer's limit still counts it.
+            again = await client.allocate(pool_id)
+            assert again.outcome == svc.ALLOCATION_OUTCOME_LIMIT_REACHED
+        late = [client_factory("viewer", f"late-{i}", target=handle.target) for i in range(10)]
+        answers = await asyncio.gather(*(c.allocate(pool_id) for c in late))
+        outcomes = collections.Counter(a.outcome for a in answers)
+        assert outcomes == {
+            svc.ALLOCATION_OUTCOME_GRANTED: 6,
+            svc.ALLOCATION_OUTCOME_SOLD_OUT: 4,
+        }
+    finally:
+        await handle.running.stop(1.0)
+
+
+async def test_a_burst_of_5000_grabs_gets_no_cancelled(
+    tmp_path: Path, client_factory: Factory
+) -> None:
+    handle = await launch(tmp_path)
+    try:
+        pool_id = await open_room(handle, client_factory, total=2000)
+        channels = [
+            grpc.aio.insecure_channel(
+                handle.target, options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            for _ in range(4)
+        ]
+        stubs = [svc_grpc.ResourceAllocationServiceStub(c) for c in channels]
+        tokens = [mint_token(f"burst-{i}", "viewer", key=TOKEN_KEY) for i in range(5000)]
+
+        async def grab(i: int) -> grpc.StatusCode:
+            try:
+                await stubs[i % 4].Allocate(
+                    svc.AllocateRequest(request_id=new_request_id(), pool_id=pool_id),
+                    metadata=(("authorization", f"Bearer {tokens[i]}"),),
+                    timeout=60,
+                )
+                return grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+
+        codes = collections.Counter(await asyncio.gather(*(grab(i) for i in range(5000))))
+        for channel in channels:
+            await channel.close()
+        assert codes == {grpc.StatusCode.OK: 5000}, codes
+        (row,) = await count_rows(
+            handle, "SELECT granted_quantity FROM pools WHERE pool_id = :p", p=pool_id
+        )
+        assert row[0] == 2000
+    finally:
+        await handle.running.stop(1.0)
+
+
+async def test_above_the_admission_limit_grabs_are_refused_with_retry_info_and_sdk_retries(
+    tmp_path: Path, client_factory: Factory
+) -> None:
+    handle = await launch(tmp_path, admission_limit=4)
+    try:
+        pool_id = await open_room(handle, client_factory, total=100)
+        raw = [
+            client_factory("viewer", f"busy-{i}", target=handle.target, retry=NO_RETRY)
+            for i in range(60)
+        ]
+        answers = await asyncio.gather(*(c.allocate(pool_id) for c in raw), return_exceptions=True)
+        refused = [a for a in answers if isinstance(a, Exception)]
+        assert refused, "60 grabs at once must exceed an admission limit of 4"
+        for error in refused:
+            assert getattr(error, "code", None) == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+            assert getattr(error, "retry_delay", None), "RESOURCE_EXHAUSTED carries RetryInfo"
+        patient = [
+            client_factory(
+                "viewer",
+                f"patient-{i}",
+                target=handle.target,
+                retry=RetryPolicy(max_attempts=50, initial_backoff=0.01, max_backoff=0.2),
+            )
+            for i in range(60)
+        ]
+        settled = await asyncio.gather(*(c.allocate(pool_id) for c in patient))
+        assert all(a.outcome == svc.ALLOCATION_OUTCOME_GRANTED for a in settled)
+    finally:
+        await handle.running.stop(1.0)
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "per-request"])
+async def test_both_grab_paths_hold_totals_limits_and_idempotency_under_a_race(
+    tmp_path: Path, client_factory: Factory, batching: bool
+) -> None:
+    handle = await launch(tmp_path, allocation_batching=batching)
+    try:
+        pool_id = await open_room(handle, client_factory, total=40, limit=2)
+        viewers = [client_factory("viewer", f"r-{i}", target=handle.target) for i in range(60)]
+
+        async def taps(i: int) -> list[svc.AllocateResponse]:
+            out = []
+            for _ in range(3):
+                rid = new_request_id()
+                a, b = await asyncio.gather(
+                    viewers[i].allocate(pool_id, request_id=rid),
+                    viewers[i].allocate(pool_id, request_id=rid),
+                )
+                assert a == b
+                out.append(a)
+            return out
+
+        answers = [
+            a for batch in await asyncio.gather(*(taps(i) for i in range(60))) for a in batch
+        ]
+        granted = [a.coupon for a in answers if a.outcome == svc.ALLOCATION_OUTCOME_GRANTED]
+        assert len(granted) == 40 and len({c.code for c in granted}) == 40
+        assert max(collections.Counter(c.viewer_id for c in granted).values()) <= 2
+        rows = await count_rows(
+            handle,
+            "SELECT granted_quantity, remaining_quantity FROM pools WHERE pool_id = :p",
+            p=pool_id,
+        )
+        assert tuple(rows[0]) == (40, 0)
+    finally:
+        await handle.running.stop(1.0)
+
+
+async def test_metrics_endpoint_shows_calls_outcomes_batches_and_streams(
+    tmp_path: Path, client_factory: Factory
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    handle = await launch(tmp_path, metrics_port=port, metrics_host="127.0.0.1")
+    try:
+        pool_id = await open_room(handle, client_factory, total=5)
+        viewer = client_factory("viewer", "metered", target=handle.target)
+        await viewer.allocate(pool_id)
+        await viewer.allocate(pool_id)
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def scrape() -> str:
+            with urllib.request.urlopen(url) as reply:
+                return str(reply.read().decode())
+
+        rows = await count_rows(handle, "SELECT room_id FROM pools WHERE pool_id = :p", p=pool_id)
+        async with viewer.subscribe(rows[0][0]) as sub:
+            await asyncio.wait_for(anext(aiter(sub)), 5)
+            assert "liveresource_open_streams 1.0" in await asyncio.to_thread(scrape)
+        await asyncio.sleep(0.2)
+        body = await asyncio.to_thread(scrape)
+        assert 'liveresource_rpc_total{code="OK",method="Allocate"} 2.0' in body
+        assert 'liveresource_allocate_outcomes_total{outcome="granted"} 1.0' in body
+        assert 'liveresource_allocate_outcomes_total{outcome="limit_reached"} 1.0' in body
+        assert "liveresource_grant_batch_size_count 1.0" in body
+        assert "liveresource_grant_commit_seconds_count 1.0" in body
+        assert "liveresource_open_streams 0.0" in body
+        assert 'liveresource_rpc_duration_seconds_count{method="Allocate"} 2.0' in body
+    finally:
+        await handle.running.stop(1.0)
