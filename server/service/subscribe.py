@@ -80,13 +80,17 @@ async def subscribe(
         else:
             cursor = resume_after
         while not feeds.closed:
+            # Taken before the read: events committed by then must be readable, so an empty
+            # read despite them means they were pruned. (Checking after the read would
+            # mistake a commit that lands during the read for a prune.)
+            committed = feed.known_last
             events = await feed.read_after(cursor)
             for event in events:
                 yield event
                 cursor = event.sequence
             if events:
                 continue
-            if feed.known_last > cursor:
+            if committed > cursor:
                 # Committed events we cannot read were pruned while we lagged: resync.
                 snap = await _snapshot(ctx, room_id, SnapshotReason.RESUME_TOO_OLD)
                 yield snap

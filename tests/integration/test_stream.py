@@ -193,8 +193,9 @@ async def test_scheduled_pool_opens_and_closes_on_time_with_events(
     assert early.claim_start_time == created.claim_start_time
 
     clock_server.clock.advance(121)
-    opened = (await read_non_heartbeat(call)).event
-    assert opened.WhichOneof("kind") == "pool_opened"
+    message = await read_non_heartbeat(call)
+    opened = message.event
+    assert opened.WhichOneof("kind") == "pool_opened", message
     assert opened.pool_opened.pool.state == res.POOL_STATE_OPEN
     assert (await viewer.allocate(created.pool_id)).outcome == svc.ALLOCATION_OUTCOME_GRANTED
     assert (await read_non_heartbeat(call)).event.stock_changed.remaining_quantity == 2
