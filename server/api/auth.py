@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,17 @@ def load_token_key(key: str, key_file: str, data_dir: Path) -> str:
 
 
 class Authenticator:
-    """Turns call metadata into a Principal, or raises Unauthenticated."""
+    """Turns call metadata into a Principal, or raises Unauthenticated.
 
-    def __init__(self, key: str, leeway_seconds: float = 5.0) -> None:
+    Verified tokens are remembered with their expiry (bounded), so an app's repeated calls
+    skip the signature check; the expiry is still checked on every call.
+    """
+
+    def __init__(self, key: str, leeway_seconds: float = 5.0, cache_size: int = 100_000) -> None:
         self._key = key
         self._leeway = leeway_seconds
+        self._cache_size = cache_size
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def authenticate(self, metadata: Sequence[tuple[str, Any]] | None) -> Principal:
         header = ""
@@ -51,18 +58,32 @@ class Authenticator:
             if name == "authorization":
                 header = value if isinstance(value, str) else value.decode()
                 break
-        scheme, _, token = header.partition(" ")
         if not header:
             raise Unauthenticated(
                 "missing `authorization: Bearer <token>` metadata", reason="MISSING_TOKEN"
             )
-        if scheme.lower() != "bearer" or not token.strip():
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthenticated(
                 "authorization metadata must be `Bearer <token>`", reason="MALFORMED_TOKEN"
             )
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if time.time() < expires + self._leeway:
+                return principal
+            del self._verified[token]
+        principal, expires = self._verify(token)
+        if len(self._verified) >= self._cache_size:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
-                token.strip(),
+                token,
                 self._key,
                 algorithms=["HS256"],
                 audience=AUDIENCE,
@@ -80,4 +101,4 @@ class Authenticator:
         subject = claims["sub"]
         if not isinstance(subject, str) or not 1 <= len(subject) <= 64:
             raise Unauthenticated("the token's subject is not valid", reason="INVALID_TOKEN")
-        return Principal(subject=subject, role=role)
+        return Principal(subject=subject, role=role), float(claims["exp"])

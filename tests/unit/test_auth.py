@@ -1,0 +1,64 @@
+"""Bearer-token authentication, including the verified-token cache."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from server.api.auth import AUDIENCE, Authenticator
+from server.domain.errors import Unauthenticated
+from server.domain.models import Principal, Role
+
+KEY = "unit-test-key-" + "x" * 32
+
+
+def token(exp: float, role: str = "viewer", sub: str = "v-1", key: str = KEY) -> str:
+    return jwt.encode({"sub": sub, "role": role, "aud": AUDIENCE, "exp": int(exp)}, key, "HS256")
+
+
+def md(tok: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {tok}")]
+
+
+def test_valid_token_gives_its_principal() -> None:
+    auth = Authenticator(KEY)
+    assert auth.authenticate(md(token(time.time() + 60))) == Principal("v-1", Role.VIEWER)
+
+
+def test_a_cached_token_is_refused_once_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = Authenticator(KEY, leeway_seconds=0)
+    now = time.time()
+    tok = token(now + 10)
+    assert auth.authenticate(md(tok)).subject == "v-1"
+    monkeypatch.setattr(time, "time", lambda: now + 11)
+    with pytest.raises(Unauthenticated) as refused:
+        auth.authenticate(md(tok))
+    assert refused.value.reason == "TOKEN_EXPIRED"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ([], "MISSING_TOKEN"),
+        ([("authorization", "Basic abc")], "MALFORMED_TOKEN"),
+        (md(token(time.time() + 60, key="another-key-" + "y" * 32)), "INVALID_TOKEN"),
+        (md(token(time.time() + 60, role="admin")), "INVALID_TOKEN"),
+        (md(token(time.time() - 60)), "TOKEN_EXPIRED"),
+    ],
+    ids=["missing", "basic", "other-key", "unknown-role", "expired"],
+)
+def test_bad_credentials_are_refused_with_a_reason(
+    metadata: list[tuple[str, str]], reason: str
+) -> None:
+    with pytest.raises(Unauthenticated) as refused:
+        Authenticator(KEY).authenticate(metadata)
+    assert refused.value.reason == reason
+
+
+def test_the_cache_is_bounded() -> None:
+    auth = Authenticator(KEY, cache_size=3)
+    for i in range(10):
+        auth.authenticate(md(token(time.time() + 60, sub=f"v-{i}")))
+    assert len(auth._verified) == 3  # noqa: SLF001
