@@ -39,8 +39,8 @@ $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
 
 lint: $(STAMP) $(BUF)
-	$(BIN)/ruff check server client_sdk tests scripts
-	$(BIN)/ruff format --check server client_sdk tests scripts
+	$(BIN)/ruff check server client_sdk tests scripts bench
+	$(BIN)/ruff format --check server client_sdk tests scripts bench
 	$(BIN)/mypy
 	$(BUF) lint protos
 

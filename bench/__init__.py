@@ -1,0 +1,1 @@
+"""`make bench`: the real server under load from separate processes, with a correctness gate."""

@@ -1,0 +1,130 @@
+"""The readable table and the one-line JSON summary (medians over rounds, ratios per round)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bench.gate import GateResult
+from bench.scenarios import ORDER, ScenarioRun
+from bench.sizes import Sizes
+from bench.stats import median
+
+RATIOS = {
+    "hot_vs_noop": ("hot", "noop"),
+    "soldout_vs_noop": ("soldout", "noop"),
+    "spread_vs_noop": ("spread", "noop"),
+    "batched_vs_naive": ("hot", "naive"),
+}
+SHORT = {
+    "ALLOCATION_OUTCOME_GRANTED": "granted",
+    "ALLOCATION_OUTCOME_SOLD_OUT": "sold_out",
+    "ALLOCATION_OUTCOME_LIMIT_REACHED": "limit",
+    "ALLOCATION_OUTCOME_NOT_OPEN_YET": "not_open",
+    "ALLOCATION_OUTCOME_CLOSED": "closed",
+    "RESOURCE_EXHAUSTED": "EXHAUSTED",
+    "DEADLINE_EXCEEDED": "DEADLINE",
+}
+
+
+def counts(values: Mapping[str, int]) -> str:
+    return " ".join(f"{SHORT.get(k, k)}={v}" for k, v in sorted(values.items())) or "-"
+
+
+def progress_line(round_no: int, rounds: int, run: ScenarioRun) -> str:
+    return (
+        f"round {round_no}/{rounds} {run.name:<8} {run.calls:>6} calls in {run.wall_s:6.2f}s "
+        f"= {run.throughput:8.0f}/s  p50 {run.p50_ms:7.1f} ms  p99 {run.p99_ms:7.1f} ms  "
+        f"server cpu {run.server_cpu:4.0%}  load cpu {run.load_cpu:4.0%}  {counts(run.statuses)}  "
+        f"{counts(run.outcomes)}  gate {'ok' if run.gate.ok else 'FAIL'}"
+    )
+
+
+def summarise(
+    runs: Sequence[ScenarioRun], rounds: int, sizes: Sizes, wall_s: float, warmup: GateResult
+) -> tuple[str, dict[str, Any]]:
+    """The table (text) and the summary object."""
+    by_name: dict[str, list[ScenarioRun]] = {name: [] for name in ORDER}
+    for run in runs:
+        by_name[run.name].append(run)
+    scenarios: dict[str, dict[str, Any]] = {}
+    overall = GateResult()
+    overall.merge(warmup)
+    for name, series in by_name.items():
+        statuses: Counter[str] = Counter()
+        outcomes: Counter[str] = Counter()
+        scenario_gate = GateResult()
+        for run in series:
+            statuses.update(run.statuses)
+            outcomes.update(run.outcomes)
+            scenario_gate.merge(run.gate)
+        overall.merge(scenario_gate)
+        scenarios[name] = {
+            "calls": sum(r.calls for r in series),
+            "throughput": round(median([r.throughput for r in series]), 1),
+            "p50_ms": round(median([r.p50_ms for r in series]), 2),
+            "p99_ms": round(median([r.p99_ms for r in series]), 2),
+            "server_cpu": round(median([r.server_cpu for r in series]), 2),
+            "load_cpu": round(median([r.load_cpu for r in series]), 2),
+            "statuses": dict(sorted(statuses.items())),
+            "outcomes": dict(sorted(outcomes.items())),
+            "gate_ok": scenario_gate.ok,
+        }
+    summary: dict[str, Any] = {name: _ratio(by_name, a, b) for name, (a, b) in RATIOS.items()}
+    summary |= {
+        "burst_cancelled": scenarios["burst"]["statuses"].get("CANCELLED", 0),
+        "oversold": overall.oversold,
+        "duplicate_grants": overall.duplicate_grants,
+        "gate_ok": overall.ok,
+        "gate_failures": overall.failures[:20],
+        "rounds": rounds,
+        "rounds_planned": sizes.rounds,
+        "quick": sizes.quick,
+        "wall_s": round(wall_s, 1),
+        "sizes": dataclasses.asdict(sizes),
+        "scenarios": scenarios,
+    }
+    return _table(scenarios, summary), summary
+
+
+def _ratio(by_name: Mapping[str, Sequence[ScenarioRun]], a: str, b: str) -> float:
+    """The median over rounds of a's throughput over b's in the same round."""
+    pairs = zip(by_name[a], by_name[b], strict=True)
+    return round(median([x.throughput / y.throughput for x, y in pairs if y.throughput]), 3)
+
+
+def _table(scenarios: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
+    head = (
+        f"{'scenario':<8} {'calls':>7} {'calls/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'srv cpu':>7} {'load cpu':>8}  {'gate':<4}  statuses / outcomes"
+    )
+    lines = [
+        f"liveresource bench: {summary['rounds']} of {summary['rounds_planned']} round(s)"
+        f"{' (quick)' if summary['quick'] else ''}, medians over rounds, calls and statuses summed"
+        f"; wall {summary['wall_s']}s",
+        head,
+        "-" * len(head),
+    ]
+    for name, s in scenarios.items():
+        lines.append(
+            f"{name:<8} {s['calls']:>7} {s['throughput']:>8.0f} {s['p50_ms']:>8.1f} "
+            f"{s['p99_ms']:>8.1f} {s['server_cpu']:>7.0%} {s['load_cpu']:>8.0%}  "
+            f"{'ok' if s['gate_ok'] else 'FAIL':<4}  {counts(s['statuses'])} / "
+            f"{counts(s['outcomes'])}"
+        )
+    lines.append("")
+    lines.append(
+        "  ".join(
+            f"{k}={summary[k]}"
+            for k in (*RATIOS, "burst_cancelled", "oversold", "duplicate_grants", "gate_ok")
+        )
+    )
+    lines.extend(f"gate failure: {f}" for f in summary["gate_failures"])
+    return "\n".join(lines)
+
+
+def json_line(summary: Mapping[str, Any]) -> str:
+    return json.dumps(summary, separators=(",", ":"), sort_keys=False)

@@ -1,0 +1,128 @@
+"""Starts the two servers and the load processes, runs the rounds, prints table and JSON."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+from bench import report
+from bench.gate import GateResult
+from bench.loadgen import LoadGenerator
+from bench.provision import Provisioner
+from bench.scenarios import ORDER, Bench, ScenarioRun
+from bench.server_process import ServerProcess
+from bench.sizes import Sizes, sizes_from_env
+
+SHUTDOWN_S = 10.0
+"""Time kept for stopping the servers and printing, out of the budget."""
+
+
+def main() -> int:
+    """Run the benchmark; exit status 0 when it ran (the gate is reported, not asserted)."""
+    sizes = sizes_from_env()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="liveresource-bench-"))
+    token_key = "bench-" + secrets.token_urlsafe(32)
+    batched = ServerProcess("batched", work / "batched", token_key, batching=True)
+    naive = ServerProcess("naive", work / "naive", token_key, batching=False)
+    load: LoadGenerator | None = None
+    aborted = True
+    try:
+        load = LoadGenerator(sizes.load_processes)
+        batched.start()
+        naive.start()
+        runs, warmup, rounds = _rounds(sizes, load, token_key, batched, naive, started)
+        for server in (batched, naive):
+            if (status := server.stop()) != 0:
+                _log(f"{server.name} server exited with {status}:\n{server.log_tail()}")
+        aborted = False
+    except KeyboardInterrupt:
+        _log("interrupted: stopping the servers and the load processes")
+        return 130
+    except BaseException:
+        for server in (batched, naive):
+            _log(f"--- {server.name} server log (tail) ---\n{server.log_tail()}")
+        raise
+    finally:
+        for server in (batched, naive):
+            server.terminate()
+        for server in (batched, naive):
+            server.stop(timeout=10)
+        if load is not None:
+            load.close(abort=aborted)
+        if os.environ.get("BENCH_KEEP", "0") in ("", "0"):
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            _log(f"kept {work}")
+    table, summary = report.summarise(runs, rounds, sizes, time.perf_counter() - started, warmup)
+    print(table)
+    print(report.json_line(summary), flush=True)
+    return 0
+
+
+def _rounds(
+    sizes: Sizes,
+    load: LoadGenerator,
+    token_key: str,
+    batched: ServerProcess,
+    naive: ServerProcess,
+    started: float,
+) -> tuple[list[ScenarioRun], GateResult, int]:
+    """Warm up, then the rounds that fit in the time budget; returns how many ran."""
+    batched.wait_serving()
+    naive.wait_serving()
+    bench = Bench(
+        sizes=sizes,
+        load=load,
+        token_key=token_key,
+        batched=batched,
+        naive=naive,
+        batched_setup=Provisioner(batched.target, token_key),
+        naive_setup=Provisioner(naive.target, token_key),
+    )
+    try:
+        warmup = _warm_up(bench)
+        runs: list[ScenarioRun] = []
+        longest = 0.0
+        for round_no in range(1, sizes.rounds + 1):
+            elapsed = time.perf_counter() - started
+            if round_no > 1 and elapsed + 1.2 * longest + SHUTDOWN_S > sizes.budget_s:
+                _log(f"stopping after {round_no - 1} round(s): the time budget is spent")
+                return runs, warmup, round_no - 1
+            round_start = time.perf_counter()
+            for name in ORDER:
+                run = bench.run(name, round_no)
+                _log(report.progress_line(round_no, sizes.rounds, run))
+                runs.append(run)
+            longest = max(longest, time.perf_counter() - round_start)
+        return runs, warmup, sizes.rounds
+    finally:
+        bench.batched_setup.close()
+        bench.naive_setup.close()
+
+
+def _warm_up(bench: Bench) -> GateResult:
+    """A small noop and a small hot on each server: connections, caches, first statements."""
+    gate = GateResult()
+    n = bench.sizes.warmup_calls
+    gate.merge(bench.noop(n).gate)
+    gate.merge(bench.hot(0, bench.batched, n // 4, "warmup-batched").gate)
+    gate.merge(bench.hot(0, bench.naive, n // 20, "warmup-naive").gate)
+    _log(f"warmed up: {n} health checks, {n // 4} + {n // 20} viewers grabbing twice")
+    return gate
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

@@ -1,0 +1,69 @@
+"""Scenario sizes of a full run and of the quick (BENCH_QUICK=1) run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sizes:
+    """How big each scenario is and how the load is generated."""
+
+    quick: bool
+    rounds: int
+    noop_calls: int
+    hot_viewers: int
+    naive_viewers: int
+    """`hot` with batching off, smaller: one transaction per call runs at ~200 calls/s here."""
+    soldout_grabs: int
+    spread_pools: int
+    spread_per_pool: int
+    burst_calls: int
+    warmup_calls: int
+    load_processes: int = 2
+    channels_per_process: int = 4
+    call_timeout_s: float = 120.0
+    budget_s: float = 120.0
+    """No new round starts unless it is expected to end within this many seconds of the start."""
+
+
+FULL = Sizes(
+    quick=False,
+    rounds=3,
+    noop_calls=10_000,
+    hot_viewers=20_000,
+    naive_viewers=1_000,
+    soldout_grabs=20_000,
+    spread_pools=100,
+    spread_per_pool=50,
+    burst_calls=5_000,
+    warmup_calls=2_000,
+    budget_s=270.0,
+)
+
+QUICK = Sizes(
+    quick=True,
+    rounds=1,
+    noop_calls=1_000,
+    hot_viewers=500,
+    naive_viewers=250,
+    soldout_grabs=500,
+    spread_pools=10,
+    spread_per_pool=20,
+    burst_calls=300,
+    warmup_calls=200,
+    call_timeout_s=30.0,
+)
+
+
+def sizes_from_env(environ: Mapping[str, str] | None = None) -> Sizes:
+    """FULL, or QUICK when BENCH_QUICK is set (not 0); BENCH_ROUNDS, BENCH_BUDGET_S override."""
+    env = os.environ if environ is None else environ
+    sizes = QUICK if env.get("BENCH_QUICK", "0") not in ("", "0") else FULL
+    if rounds := env.get("BENCH_ROUNDS", ""):
+        sizes = replace(sizes, rounds=max(1, int(rounds)))
+    if budget := env.get("BENCH_BUDGET_S", ""):
+        sizes = replace(sizes, budget_s=float(budget))
+    return sizes

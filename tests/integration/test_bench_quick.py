@@ -1,0 +1,49 @@
+"""`make bench` in its small BENCH_QUICK=1 form, so the harness cannot rot (no speed asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KEYS = (
+    "hot_vs_noop",
+    "soldout_vs_noop",
+    "spread_vs_noop",
+    "batched_vs_naive",
+    "burst_cancelled",
+    "oversold",
+    "duplicate_grants",
+    "gate_ok",
+)
+
+
+def test_quick_bench_runs_every_scenario_and_its_gate_passes() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
+    env["BENCH_QUICK"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines, done.stderr[-4000:]
+    summary = json.loads(lines[-1])
+    missing = [k for k in KEYS if k not in summary]
+    assert not missing, missing
+    assert summary["gate_ok"] is True, summary["gate_failures"]
+    assert summary["oversold"] == 0
+    assert summary["duplicate_grants"] == 0
+    assert summary["burst_cancelled"] == 0
+    for name in ("noop", "hot", "soldout", "spread", "naive", "burst"):
+        assert summary["scenarios"][name]["calls"] > 0, name
+    # The readable table comes before the JSON line.
+    assert any(line.startswith("hot ") for line in lines[:-1]), done.stdout
