@@ -69,15 +69,20 @@ class CallRunner:
         _check_decoded(request)
         return principal
 
-    def unary(self, method: str, behavior: UnaryBehavior) -> Callable[..., Awaitable[Message]]:
+    def unary(
+        self, method: str, behavior: UnaryBehavior, *, shielded: bool = True
+    ) -> Callable[..., Awaitable[Message]]:
+        """Wrap a unary behaviour. `shielded`: its store work finishes even if the caller
+        leaves (off only for behaviours that shield their own store work)."""
+
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Message:
             started = time.perf_counter()
-            who = "-"
+            who: Principal | None = None
             failure: RpcFailure | None = None
             try:
-                principal = self._principal(request, context)
-                who = f"{principal.role.value}:{principal.subject}"
-                response, note = await finish_even_if_cancelled(behavior(principal, request))
+                who = self._principal(request, context)
+                work = behavior(who, request)
+                response, note = await (finish_even_if_cancelled(work) if shielded else work)
                 self._log(method, who, "OK", started, note)
                 return response
             except DomainError as exc:
@@ -99,14 +104,13 @@ class CallRunner:
     ) -> Callable[..., AsyncIterator[Message]]:
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
             started = time.perf_counter()
-            who = "-"
+            who: Principal | None = None
             sent = 0
             failure: RpcFailure | None = None
             try:
-                principal = self._principal(request, context)
-                who = f"{principal.role.value}:{principal.subject}"
+                who = self._principal(request, context)
                 # aclosing: the behaviour's cleanup runs now, not whenever it is collected.
-                async with contextlib.aclosing(behavior(principal, request)) as messages:
+                async with contextlib.aclosing(behavior(who, request)) as messages:
                     async for message in messages:
                         yield message
                         sent += 1
@@ -126,9 +130,14 @@ class CallRunner:
 
         return handle
 
-    def _log(self, method: str, who: str, code: str, started: float, note: str) -> None:
+    def _log(
+        self, method: str, who: Principal | None, code: str, started: float, note: str
+    ) -> None:
         elapsed = time.perf_counter() - started
         if self._metrics is not None:
             self._metrics.observe_call(method, code, elapsed)
         if log.isEnabledFor(logging.INFO):
-            log.info("rpc=%s caller=%s code=%s ms=%.1f %s", method, who, code, elapsed * 1000, note)
+            caller = "-" if who is None else f"{who.role.value}:{who.subject}"
+            log.info(
+                "rpc=%s caller=%s code=%s ms=%.1f %s", method, caller, code, elapsed * 1000, note
+            )

@@ -49,7 +49,7 @@ class Servicer:
         principal: Principal,
         method: str,
         request_id: str,
-        request: svc.RegisterRoomRequest | svc.ConfigureResourcesRequest | svc.AllocateRequest,
+        request: svc.RegisterRoomRequest | svc.ConfigureResourcesRequest,
     ) -> IdempotencyKey:
         return IdempotencyKey(
             principal.subject,
@@ -96,7 +96,8 @@ class Servicer:
     async def allocate(
         self, principal: Principal, request: svc.AllocateRequest
     ) -> tuple[svc.AllocateResponse, str]:
-        key = self._key(principal, "Allocate", request.request_id, request)
+        # The pool is Allocate's only parameter besides request_id: it is the fingerprint.
+        key = IdempotencyKey(principal.subject, request.request_id, "Allocate", request.pool_id)
         with self.gate.admit():
             if self.desk is not None:
                 result = await self.desk.allocate(principal, key, request.pool_id)
@@ -186,9 +187,11 @@ class Servicer:
             "RedeemCoupon": (self.redeem_coupon, svc.RedeemCouponRequest),
             "ReleaseCoupon": (self.release_coupon, svc.ReleaseCouponRequest),
         }
+        # The batched grab path shields its own store work; no task per grab for it.
+        own_shield = {"Allocate"} if self.desk is not None else set()
         handlers: dict[str, grpc.RpcMethodHandler] = {
             name: grpc.unary_unary_rpc_method_handler(
-                runner.unary(name, behavior),
+                runner.unary(name, behavior, shielded=name not in own_shield),
                 request_deserializer=safe_deserializer(request_type),
                 response_serializer=lambda m: m.SerializeToString(),
             )

@@ -138,7 +138,7 @@ class GrantDesk:
             if pending.key.fingerprint != key.fingerprint:
                 raise RequestIdReused()
             return await asyncio.shield(pending.future)
-        view = await self._view(pool_id)
+        view = self._views.get(pool_id) or await self._view(pool_id)
         if view is None:
             raise NotFound("pool", pool_id)
         if k not in view.granted:
