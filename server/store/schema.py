@@ -132,6 +132,7 @@ room_events = Table(
     Column("created_at_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("room_id", "seq", name="pk_room_events"),
     CheckConstraint("seq >= 1", name="ck_room_events_seq"),
+    Index("ix_room_events_created", "created_at_us"),
 )
 
 idempotency = Table(

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, event, func, insert, or_, select, tuple_, update
+from sqlalchemy import and_, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -122,8 +122,11 @@ class SqlTransaction:
     async def get_answers(
         self, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], StoredAnswer]:
+        # `subject IN (...)` searches the primary key's first column; the few answers of
+        # each caller are then matched here (a row-value IN made SQLite scan the table).
+        wanted = set(keys)
         found: dict[tuple[str, str], StoredAnswer] = {}
-        for chunk in _chunks(list(keys)):
+        for chunk in _chunks(sorted({subject for subject, _ in wanted})):
             rows = await self._conn.execute(
                 select(
                     idempotency.c.subject,
@@ -131,10 +134,11 @@ class SqlTransaction:
                     idempotency.c.method,
                     idempotency.c.fingerprint,
                     idempotency.c.result,
-                ).where(tuple_(idempotency.c.subject, idempotency.c.request_id).in_(chunk))
+                ).where(idempotency.c.subject.in_(chunk))
             )
             for subject, request_id, method, fingerprint, result in rows:
-                found[(subject, request_id)] = StoredAnswer(method, fingerprint, result)
+                if (subject, request_id) in wanted:
+                    found[(subject, request_id)] = StoredAnswer(method, fingerprint, result)
         return found
 
     async def get_room(self, room_id: str) -> Room | None:
@@ -264,15 +268,21 @@ class SqlTransaction:
     async def count_grants_many(
         self, pairs: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], int]:
+        # One query per pool with `viewer_id IN (...)`: it searches the (pool, viewer, slot)
+        # index, where a row-value IN over both columns made SQLite scan the table.
+        by_pool: dict[str, list[str]] = {}
+        for pool_id, viewer_id in pairs:
+            by_pool.setdefault(pool_id, []).append(viewer_id)
         found: dict[tuple[str, str], int] = {}
-        for chunk in _chunks(list(pairs)):
-            rows = await self._conn.execute(
-                select(coupons.c.pool_id, coupons.c.viewer_id, func.count())
-                .where(tuple_(coupons.c.pool_id, coupons.c.viewer_id).in_(chunk))
-                .group_by(coupons.c.pool_id, coupons.c.viewer_id)
-            )
-            for pool_id, viewer_id, n in rows:
-                found[(pool_id, viewer_id)] = int(n)
+        for pool_id, viewers in by_pool.items():
+            for chunk in _chunks(viewers):
+                rows = await self._conn.execute(
+                    select(coupons.c.viewer_id, func.count())
+                    .where(coupons.c.pool_id == pool_id, coupons.c.viewer_id.in_(chunk))
+                    .group_by(coupons.c.viewer_id)
+                )
+                for viewer_id, n in rows:
+                    found[(pool_id, viewer_id)] = int(n)
         return found
 
     async def granted_keys(self, pool_id: str) -> list[tuple[str, str]]:

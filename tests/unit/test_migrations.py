@@ -6,9 +6,10 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
-from server.store.migrate import upgrade_to_head
+from server.store.migrate import alembic_config, upgrade_to_head
 from server.store.schema import metadata
 
 
@@ -28,4 +29,4 @@ def test_migrations_are_idempotent_at_head(tmp_path: Path) -> None:
             upgrade_to_head(conn)
     with engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
-    assert version == "0001"
+    assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
