@@ -16,8 +16,9 @@ from google.protobuf.message import DecodeError, Message
 from server.api.auth import Authenticator
 from server.api.status import RpcFailure, failure_for, internal_failure
 from server.domain.errors import DomainError, FieldViolation, InvalidArgument
-from server.domain.models import Principal
+from server.domain.models import Principal, Role
 from server.metrics import Metrics
+from server.service.access import require_role
 from server.service.shielding import finish_even_if_cancelled
 
 log = logging.getLogger("liveresource.calls")
@@ -62,25 +63,35 @@ class CallRunner:
         self._auth = authenticator
         self._metrics = metrics
 
-    def _principal(self, request: Any, context: grpc.aio.ServicerContext) -> Principal:
-        # Authentication comes first: an anonymous caller learns nothing, not even
-        # whether its request decoded.
+    def _principal(
+        self, request: Any, context: grpc.aio.ServicerContext, roles: tuple[Role, ...]
+    ) -> Principal:
+        # Authentication, then the role, come first: a caller without the right learns
+        # nothing about its request, not even whether it decoded (AIP-211).
         principal = self._auth.authenticate(context.invocation_metadata())
+        if roles:
+            require_role(principal, *roles)
         _check_decoded(request)
         return principal
 
     def unary(
-        self, method: str, behavior: UnaryBehavior, *, shielded: bool = True
+        self,
+        method: str,
+        behavior: UnaryBehavior,
+        *,
+        roles: tuple[Role, ...] = (),
+        shielded: bool = True,
     ) -> Callable[..., Awaitable[Message]]:
-        """Wrap a unary behaviour. `shielded`: its store work finishes even if the caller
-        leaves (off only for behaviours that shield their own store work)."""
+        """Wrap a unary behaviour. `roles`: who may call it (empty: anyone authenticated).
+        `shielded`: its store work finishes even if the caller leaves (off only for
+        behaviours that shield their own store work)."""
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Message:
             started = time.perf_counter()
             who: Principal | None = None
             failure: RpcFailure | None = None
             try:
-                who = self._principal(request, context)
+                who = self._principal(request, context, roles)
                 work = behavior(who, request)
                 response, note = await (finish_even_if_cancelled(work) if shielded else work)
                 self._log(method, who, "OK", started, note)
@@ -108,7 +119,7 @@ class CallRunner:
             sent = 0
             failure: RpcFailure | None = None
             try:
-                who = self._principal(request, context)
+                who = self._principal(request, context, ())
                 # aclosing: the behaviour's cleanup runs now, not whenever it is collected.
                 async with contextlib.aclosing(behavior(who, request)) as messages:
                     async for message in messages:

@@ -60,12 +60,17 @@ _CLOSE = {
 }
 
 
-def fingerprint(request: Message, *, without: str = "") -> str:
-    """A stable hash of a request's parameters (minus its idempotency key field)."""
-    if without:
-        request = type(request).FromString(request.SerializeToString())
-        request.ClearField(without)
-    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+def fingerprint(request: Message) -> str:
+    """A stable hash of a request's parameters: without its request_id, and without the
+    output-only fields a client may echo back (they are ignored, so they must not make a
+    retry look like another request)."""
+    copy = type(request).FromString(request.SerializeToString())
+    for name in ("request_id",):
+        if name in copy.DESCRIPTOR.fields_by_name:
+            copy.ClearField(name)
+    if isinstance(copy, svc.RegisterRoomRequest):
+        copy.room.ClearField("create_time")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
 # --- wire to domain ---------------------------------------------------------------------

@@ -12,7 +12,8 @@ from google.protobuf.message import Message
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from server.api import convert
 from server.api.calls import CallRunner, UnaryBehavior, safe_deserializer
-from server.domain.models import Principal
+from server.domain.errors import Overloaded
+from server.domain.models import Principal, Role
 from server.metrics import Metrics
 from server.service import allocate, configure, coupons, rooms, subscribe
 from server.service.admission import AdmissionGate
@@ -55,7 +56,7 @@ class Servicer:
             principal.subject,
             request_id,
             method,
-            convert.fingerprint(request, without="request_id"),
+            convert.fingerprint(request),
         )
 
     async def register_room(
@@ -98,7 +99,13 @@ class Servicer:
     ) -> tuple[svc.AllocateResponse, str]:
         # The pool is Allocate's only parameter besides request_id: it is the fingerprint.
         key = IdempotencyKey(principal.subject, request.request_id, "Allocate", request.pool_id)
-        with self.gate.admit():
+        try:
+            admitted = self.gate.admit()
+        except Overloaded:
+            if self.metrics is not None:
+                self.metrics.admission_refused.inc()
+            raise
+        with admitted:
             if self.desk is not None:
                 result = await self.desk.allocate(principal, key, request.pool_id)
             else:
@@ -175,27 +182,32 @@ class Servicer:
 
     def handler(self, runner: CallRunner) -> grpc.GenericRpcHandler:
         """The generic handler registering every RPC with never-failing deserializers."""
-        unary: dict[str, tuple[UnaryBehavior, type[Message]]] = {
-            "RegisterRoom": (self.register_room, svc.RegisterRoomRequest),
+        unary: dict[str, tuple[UnaryBehavior, type[Message], Role]] = {
+            "RegisterRoom": (self.register_room, svc.RegisterRoomRequest, Role.PLATFORM),
             "GetConfigurationOptions": (
                 self.get_configuration_options,
                 svc.GetConfigurationOptionsRequest,
+                Role.STREAMER,
             ),
-            "ConfigureResources": (self.configure_resources, svc.ConfigureResourcesRequest),
-            "Allocate": (self.allocate, svc.AllocateRequest),
-            "ListCoupons": (self.list_coupons, svc.ListCouponsRequest),
-            "RedeemCoupon": (self.redeem_coupon, svc.RedeemCouponRequest),
-            "ReleaseCoupon": (self.release_coupon, svc.ReleaseCouponRequest),
+            "ConfigureResources": (
+                self.configure_resources,
+                svc.ConfigureResourcesRequest,
+                Role.STREAMER,
+            ),
+            "Allocate": (self.allocate, svc.AllocateRequest, Role.VIEWER),
+            "ListCoupons": (self.list_coupons, svc.ListCouponsRequest, Role.VIEWER),
+            "RedeemCoupon": (self.redeem_coupon, svc.RedeemCouponRequest, Role.ORDER_SERVICE),
+            "ReleaseCoupon": (self.release_coupon, svc.ReleaseCouponRequest, Role.ORDER_SERVICE),
         }
         # The batched grab path shields its own store work; no task per grab for it.
         own_shield = {"Allocate"} if self.desk is not None else set()
         handlers: dict[str, grpc.RpcMethodHandler] = {
             name: grpc.unary_unary_rpc_method_handler(
-                runner.unary(name, behavior, shielded=name not in own_shield),
+                runner.unary(name, behavior, roles=(role,), shielded=name not in own_shield),
                 request_deserializer=safe_deserializer(request_type),
                 response_serializer=lambda m: m.SerializeToString(),
             )
-            for name, (behavior, request_type) in unary.items()
+            for name, (behavior, request_type, role) in unary.items()
         }
         handlers["StreamAllocationInfo"] = grpc.unary_stream_rpc_method_handler(
             runner.stream("StreamAllocationInfo", self.stream_allocation_info),

@@ -27,7 +27,10 @@ def _encode_token(coupon: Coupon) -> str:
 def _decode_token(token: str) -> tuple[int, str]:
     try:
         at, coupon_id = base64.urlsafe_b64decode(token.encode()).decode().split("|", 1)
-        return int(at), coupon_id
+        position = int(at)
+        if not 0 <= position < 2**63 or not coupon_id:
+            raise ValueError("out of range")
+        return position, coupon_id
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidArgument(
             [FieldViolation("page_token", "is not a token this server gave")]

@@ -229,8 +229,7 @@ class GrantDesk:
         try:
             async with self._ctx.store.transaction(write=True) as tx:
                 decided = await self._decide(tx, batch)
-                for pool_id in sorted(decided.changed):
-                    await tx.update_pool(decided.pools[pool_id])
+                await tx.update_pools([decided.pools[p] for p in sorted(decided.changed)])
                 await tx.insert_coupons(decided.coupons)
                 await tx.put_answers(decided.answers, decided.now)
                 for room_id, drafts in decided.events.items():

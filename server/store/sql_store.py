@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, event, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -176,13 +176,21 @@ class SqlTransaction:
         await self._conn.execute(insert(pools).values(codec.pool_to_row(pool)))
 
     async def update_pool(self, pool: Pool) -> None:
-        row = codec.pool_to_row(pool)
-        del row["pool_id"]
-        result = await self._conn.execute(
-            update(pools).where(pools.c.pool_id == pool.pool_id).values(row)
-        )
-        if result.rowcount != 1:
-            raise RuntimeError(f"pool {pool.pool_id} vanished during its update")
+        await self.update_pools([pool])
+
+    async def update_pools(self, changed: Sequence[Pool]) -> None:
+        if not changed:
+            return
+        rows = []
+        for pool in changed:
+            row = codec.pool_to_row(pool)
+            row["key_pool_id"] = row.pop("pool_id")
+            rows.append(row)
+        values: dict[str, Any] = {n: bindparam(n) for n in rows[0] if n != "key_pool_id"}
+        stmt = update(pools).where(pools.c.pool_id == bindparam("key_pool_id")).values(values)
+        result = await self._conn.execute(stmt, rows)
+        if result.rowcount != len(rows):
+            raise RuntimeError("a pool vanished during its update")
 
     async def live_pools(self, room_id: str) -> list[Pool]:
         rows = (
@@ -268,21 +276,18 @@ class SqlTransaction:
     async def count_grants_many(
         self, pairs: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], int]:
-        # One query per pool with `viewer_id IN (...)`: it searches the (pool, viewer, slot)
-        # index, where a row-value IN over both columns made SQLite scan the table.
-        by_pool: dict[str, list[str]] = {}
-        for pool_id, viewer_id in pairs:
-            by_pool.setdefault(pool_id, []).append(viewer_id)
+        # `viewer_id IN (...)` searches the viewer index (a viewer holds few coupons), one
+        # query for every pool of the batch; a row-value IN over (pool, viewer) made SQLite
+        # scan the table.
+        wanted = set(pairs)
         found: dict[tuple[str, str], int] = {}
-        for pool_id, viewers in by_pool.items():
-            for chunk in _chunks(viewers):
-                rows = await self._conn.execute(
-                    select(coupons.c.viewer_id, func.count())
-                    .where(coupons.c.pool_id == pool_id, coupons.c.viewer_id.in_(chunk))
-                    .group_by(coupons.c.viewer_id)
-                )
-                for viewer_id, n in rows:
-                    found[(pool_id, viewer_id)] = int(n)
+        for chunk in _chunks(sorted({viewer_id for _, viewer_id in wanted})):
+            rows = await self._conn.execute(
+                select(coupons.c.pool_id, coupons.c.viewer_id).where(coupons.c.viewer_id.in_(chunk))
+            )
+            for pool_id, viewer_id in rows:
+                if (pool_id, viewer_id) in wanted:
+                    found[(pool_id, viewer_id)] = found.get((pool_id, viewer_id), 0) + 1
         return found
 
     async def granted_keys(self, pool_id: str) -> list[tuple[str, str]]:

@@ -312,6 +312,7 @@ async def test_metrics_endpoint_shows_calls_outcomes_batches_and_streams(
         assert "liveresource_grant_batch_size_count 1.0" in body
         assert "liveresource_grant_commit_seconds_count 1.0" in body
         assert "liveresource_open_streams 0.0" in body
+        assert "liveresource_admission_refused_total 0.0" in body
         assert 'liveresource_rpc_duration_seconds_count{method="Allocate"} 2.0' in body
     finally:
         await handle.running.stop(1.0)
