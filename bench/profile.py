@@ -35,21 +35,39 @@ def main(argv: list[str]) -> int:
         server.start()
         server.wait_serving()
         assert server.proc is not None
-        bench = Bench(sizes=FULL, load=load, token_key=key, batched=server, naive=server,
-                      batched_setup=Provisioner(server.target, key),
-                      naive_setup=Provisioner(server.target, key))
+        bench = Bench(
+            sizes=FULL,
+            load=load,
+            token_key=key,
+            batched=server,
+            naive=server,
+            batched_setup=Provisioner(server.target, key),
+            naive_setup=Provisioner(server.target, key),
+        )
         bench.noop(1000)
         if name == "soldout":
             bench.hot(1, server, FULL.hot_viewers, "hot")
-        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p",
-                                str(server.proc.pid), "-r", "250", "--format", "raw", "-o",
-                                str(raw), "--nonblocking"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "-p",
+                str(server.proc.pid),
+                "-r",
+                "250",
+                "--format",
+                "raw",
+                "-o",
+                str(raw),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         run = bench.run(name, 1)
         spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
         spy.wait(30)
-        print(f"{name}: {run.calls} calls, {run.throughput:.0f}/s, server cpu "
-              f"{run.server_cpu:.0%}")
+        print(f"{name}: {run.calls} calls, {run.throughput:.0f}/s, server cpu {run.server_cpu:.0%}")
         _summarise(raw)
         bench.batched_setup.close()
     finally:
@@ -67,8 +85,9 @@ def _summarise(raw: Path, top: int = 25) -> None:
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
-        frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")")
-                  for f in stack.split(";")]
+        frames = [
+            f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")") for f in stack.split(";")
+        ]
         total += n
         own[frames[-1]] += n
         for frame in set(frames):
