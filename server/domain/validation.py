@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import uuid
 
 from server.domain.errors import FieldViolation
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def check_id(value: str, field: str, out: list[FieldViolation]) -> None:
@@ -24,10 +24,8 @@ def check_request_id(value: str, field: str, out: list[FieldViolation]) -> None:
     if not value:
         out.append(FieldViolation(field, "is required (a UUID, reused on retries)"))
         return
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        out.append(FieldViolation(field, "must be a UUID"))
+    if not _UUID.fullmatch(value):
+        out.append(FieldViolation(field, "must be a UUID (8-4-4-4-12 hexadecimal digits)"))
 
 
 def check_currency(value: str, field: str, out: list[FieldViolation]) -> None:

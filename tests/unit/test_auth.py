@@ -62,3 +62,93 @@ def test_the_cache_is_bounded() -> None:
     for i in range(10):
         auth.authenticate(md(token(time.time() + 60, sub=f"v-{i}")))
     assert len(auth._verified) == 3
+
+
+def _signed(header: dict[str, object], claims: dict[str, object], key: str = KEY) -> str:
+    return jwt.encode(claims, key, "HS256", headers=header)
+
+
+@pytest.mark.parametrize(
+    ("tok", "reason"),
+    [
+        (
+            jwt.encode({"sub": "v", "role": "viewer", "aud": AUDIENCE}, KEY, "HS256"),
+            "INVALID_TOKEN",
+        ),
+        (
+            jwt.encode(
+                {"sub": "v", "role": "viewer", "aud": "other", "exp": 4102444800}, KEY, "HS256"
+            ),
+            "INVALID_TOKEN",
+        ),
+        (
+            jwt.encode(
+                {"sub": "v", "role": "viewer", "aud": [AUDIENCE, "x"], "exp": "soon"}, KEY, "HS256"
+            ),
+            "INVALID_TOKEN",
+        ),
+        (
+            jwt.encode(
+                {
+                    "sub": "v",
+                    "role": "viewer",
+                    "aud": AUDIENCE,
+                    "exp": 4102444800,
+                    "nbf": 4102444000,
+                },
+                KEY,
+                "HS256",
+            ),
+            "INVALID_TOKEN",
+        ),
+        (
+            jwt.encode(
+                {"sub": "v", "role": "viewer", "aud": AUDIENCE, "exp": 4102444800}, KEY * 2, "HS512"
+            ),
+            "INVALID_TOKEN",
+        ),
+        (
+            _signed(
+                {"crit": ["x"], "x": 1},
+                {"sub": "v", "role": "viewer", "aud": AUDIENCE, "exp": 4102444800},
+            ),
+            "INVALID_TOKEN",
+        ),
+        ("a.b", "INVALID_TOKEN"),
+        ("e30.e30.!!!", "INVALID_TOKEN"),
+    ],
+    ids=[
+        "no-exp",
+        "wrong-aud",
+        "exp-not-number",
+        "not-yet-valid",
+        "hs512",
+        "crit",
+        "two-parts",
+        "bad-signature-encoding",
+    ],
+)
+def test_malformed_or_unacceptable_tokens_are_refused(tok: str, reason: str) -> None:
+    with pytest.raises(Unauthenticated) as refused:
+        Authenticator(KEY).authenticate(md(tok))
+    assert refused.value.reason == reason
+
+
+def test_audience_may_be_a_list_containing_ours() -> None:
+    tok = jwt.encode(
+        {"sub": "v-9", "role": "streamer", "aud": ["x", AUDIENCE], "exp": time.time() + 60},
+        KEY,
+        "HS256",
+    )
+    assert Authenticator(KEY).authenticate(md(tok)) == Principal("v-9", Role.STREAMER)
+
+
+def test_a_tampered_payload_fails_the_signature() -> None:
+    header, _, signature = token(time.time() + 60).split(".")
+    forged = jwt.encode(
+        {"sub": "admin", "role": "platform", "aud": AUDIENCE, "exp": time.time() + 60},
+        "whatever-" + "z" * 32,
+        "HS256",
+    ).split(".")[1]
+    with pytest.raises(Unauthenticated):
+        Authenticator(KEY).authenticate(md(f"{header}.{forged}.{signature}"))
