@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent import futures
-from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -37,6 +35,7 @@ from client_sdk import (
     resources_pb2,
 )
 from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as svc_grpc
+from tests.unit.sdk_fakes import serving
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 
@@ -48,18 +47,6 @@ class FailingServicer(svc_grpc.ResourceAllocationServiceServicer):
 
     def GetConfigurationOptions(self, request: Any, context: grpc.ServicerContext) -> Any:
         context.abort_with_status(rpc_status.to_status(self.status))
-
-
-@contextmanager
-def serving(servicer: svc_grpc.ResourceAllocationServiceServicer) -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    svc_grpc.add_ResourceAllocationServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ import inspect
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent import futures
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -31,6 +29,7 @@ from client_sdk._retry import Retrier, backoff_delay
 from client_sdk.errors import RETRYABLE_CODES
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc_pb2
 from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as svc_grpc
+from tests.unit.sdk_fakes import serving
 
 FAST = RetryPolicy(max_attempts=5, initial_backoff=0.001, max_backoff=0.005)
 SERVICE = svc_pb2.DESCRIPTOR.services_by_name["ResourceAllocationService"]
@@ -79,18 +78,6 @@ def rich_status(code: grpc.StatusCode, message: str, *details: Any) -> status_pb
 
 
 UNAVAILABLE = rich_status(grpc.StatusCode.UNAVAILABLE, "try again")
-
-
-@contextmanager
-def serving(servicer: svc_grpc.ResourceAllocationServiceServicer) -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    svc_grpc.add_ResourceAllocationServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -7,8 +7,6 @@ import inspect
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent import futures
-from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -27,6 +25,7 @@ from client_sdk import (
 from client_sdk._resume import ResumeState, Verdict
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc_pb2
 from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as svc_grpc
+from tests.unit.sdk_fakes import serving
 
 Response = svc_pb2.StreamAllocationInfoResponse
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.005)
@@ -75,18 +74,6 @@ class ScriptedRoom(svc_grpc.ResourceAllocationServiceServicer):
                 time.sleep(0.005)
         elif ending != END:
             context.abort(ending, f"scripted {ending.name}")
-
-
-@contextmanager
-def serving(servicer: svc_grpc.ResourceAllocationServiceServicer) -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    svc_grpc.add_ResourceAllocationServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(None)
 
 
 @pytest.fixture(params=["sync", "async"])
