@@ -232,8 +232,10 @@ class GrantDesk:
                 await tx.update_pools([decided.pools[p] for p in sorted(decided.changed)])
                 await tx.insert_coupons(decided.coupons)
                 await tx.put_answers(decided.answers, decided.now)
-                for room_id, drafts in decided.events.items():
-                    await tx.append_events(room_id, _coalesce(drafts), decided.now)
+                await tx.append_events_many(
+                    {room: _coalesce(drafts) for room, drafts in decided.events.items()},
+                    decided.now,
+                )
         except DomainError as exc:
             self._fail(batch, exc)
             return

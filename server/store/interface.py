@@ -7,7 +7,7 @@ store's commit listeners only after the commit succeeds (a transactional outbox)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -99,6 +99,9 @@ class Transaction(Protocol):
     async def mark_released(self, order_id: str, released_at: datetime) -> None: ...
 
     async def append_events(self, room_id: str, drafts: list[EventDraft], now: datetime) -> int: ...
+    async def append_events_many(
+        self, drafts_by_room: Mapping[str, Sequence[EventDraft]], now: datetime
+    ) -> None: ...
     async def events_after(self, room_id: str, after: int, limit: int) -> list[RoomEvent]: ...
     async def event_bounds(self, room_id: str) -> EventBounds | None: ...
 
