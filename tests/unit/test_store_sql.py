@@ -523,3 +523,48 @@ async def test_prune_events_with_nothing_old_removes_nothing(store: SqlStore) ->
     async with store.transaction(write=False) as tx:
         assert await tx.event_bounds("room-1") == EventBounds(first_retained=1, last=1)
         assert len(await tx.events_after("room-1", 0, 100)) == 1
+
+
+async def test_append_events_many_numbers_several_rooms_in_one_go(store: SqlStore) -> None:
+    await seed(store, "room-1", "room-2", "room-3")
+    one, two = make_pool(), make_pool("pool-room-2", "room-2")
+    async with store.transaction(write=True) as tx:
+        await tx.append_events("room-1", [EventDraft(EventKind.POOL_OPENED, one)], NOW)
+        await tx.append_events_many(
+            {
+                "room-1": [EventDraft(EventKind.STOCK_CHANGED, one)] * 2,
+                "room-2": [EventDraft(EventKind.POOL_OPENED, two)],
+                "room-3": [],
+            },
+            NOW,
+        )
+    async with store.transaction(write=False) as tx:
+        assert [e.sequence for e in await tx.events_after("room-1", 0, 10)] == [1, 2, 3]
+        assert [e.sequence for e in await tx.events_after("room-2", 0, 10)] == [1]
+        assert await tx.event_bounds("room-3") == EventBounds(first_retained=1, last=0)
+
+
+async def test_append_events_many_refuses_a_counter_moved_under_it(store: SqlStore) -> None:
+    await seed(store, "room-1")
+    pool = make_pool()
+    with pytest.raises(Conflict):
+        async with store.transaction(write=True) as tx:
+            # Another writer's numbering (simulated inside the transaction) moves the counter
+            # between our read of it and our conditional update.
+            conn = tx._conn
+
+            class Racing:
+                """The transaction's connection, with another writer after each rooms read."""
+
+                async def execute(self, stmt: Any, *args: Any, **kwargs: Any) -> Any:
+                    result = await conn.execute(stmt, *args, **kwargs)
+                    if getattr(stmt, "is_select", False) and "rooms" in str(stmt):
+                        await conn.execute(
+                            text("UPDATE rooms SET last_event_seq = last_event_seq + 1")
+                        )
+                    return result
+
+            tx._conn = Racing()  # type: ignore[assignment]
+            await tx.append_events_many({"room-1": [EventDraft(EventKind.POOL_OPENED, pool)]}, NOW)
+    async with store.transaction(write=False) as tx:
+        assert await tx.events_after("room-1", 0, 10) == []
