@@ -25,7 +25,7 @@ log = logging.getLogger("liveresource.calls")
 
 UnaryBehavior = Callable[[Principal, Any], Coroutine[Any, Any, tuple[Message, str]]]
 """Returns the response and a short note for the call's log line."""
-StreamBehavior = Callable[[Principal, Any], AsyncGenerator[Message, None]]
+StreamBehavior = Callable[[Principal, Any], AsyncGenerator[Message | bytes, None]]
 
 
 class Undecodable:
@@ -112,8 +112,10 @@ class CallRunner:
 
     def stream(
         self, method: str, behavior: StreamBehavior
-    ) -> Callable[..., AsyncIterator[Message]]:
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+    ) -> Callable[..., AsyncIterator[Message | bytes]]:
+        async def handle(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Message | bytes]:
             started = time.perf_counter()
             who: Principal | None = None
             sent = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.message import Message
@@ -13,7 +13,7 @@ from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from server.api import convert
 from server.api.calls import CallRunner, UnaryBehavior, safe_deserializer
 from server.domain.errors import Overloaded
-from server.domain.models import Principal, Role
+from server.domain.models import Principal, Role, RoomEvent
 from server.metrics import Metrics
 from server.service import allocate, configure, coupons, rooms, subscribe
 from server.service.admission import AdmissionGate
@@ -22,6 +22,8 @@ from server.service.grants import GrantDesk
 from server.service.lifecycle import LifecycleTicker
 from server.store.interface import IdempotencyKey
 from server.streaming.feed import FeedRegistry
+
+_ENCODED_EVENTS = 4096  # recent events kept encoded, across rooms
 
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["ResourceAllocationService"].full_name
 
@@ -38,6 +40,7 @@ class Servicer:
     desk: GrantDesk | None = None
     """The batched grab path; None means one transaction per grab."""
     metrics: Metrics | None = None
+    _encoded: dict[tuple[str, int], bytes] = field(default_factory=dict)
 
     def pool_changed(self, pool_id: str) -> None:
         """A pool's configuration or announced state changed in the store."""
@@ -167,7 +170,7 @@ class Servicer:
         self,
         principal: Principal,
         request: svc.StreamAllocationInfoRequest,
-    ) -> AsyncGenerator[svc.StreamAllocationInfoResponse, None]:
+    ) -> AsyncGenerator[svc.StreamAllocationInfoResponse | bytes, None]:
         subscription = subscribe.subscribe(
             self.ctx,
             self.feeds,
@@ -178,7 +181,21 @@ class Servicer:
         )
         async with contextlib.aclosing(subscription) as items:
             async for item in items:
-                yield convert.subscription_out(item)
+                if isinstance(item, RoomEvent):
+                    yield self.encoded_event(item)
+                else:
+                    yield convert.subscription_out(item)
+
+    def encoded_event(self, event: RoomEvent) -> bytes:
+        """The wire bytes of a room event, encoded once for every stream of the room."""
+        key = (event.room_id, event.sequence)
+        cached = self._encoded.get(key)
+        if cached is None:
+            cached = convert.subscription_out(event).SerializeToString()
+            if len(self._encoded) >= _ENCODED_EVENTS:
+                del self._encoded[next(iter(self._encoded))]
+            self._encoded[key] = cached
+        return cached
 
     def handler(self, runner: CallRunner) -> grpc.GenericRpcHandler:
         """The generic handler registering every RPC with never-failing deserializers."""
@@ -212,6 +229,7 @@ class Servicer:
         handlers["StreamAllocationInfo"] = grpc.unary_stream_rpc_method_handler(
             runner.stream("StreamAllocationInfo", self.stream_allocation_info),
             request_deserializer=safe_deserializer(svc.StreamAllocationInfoRequest),
-            response_serializer=lambda m: m.SerializeToString(),
+            # Events arrive already encoded (shared by all streams of a room).
+            response_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
         )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

@@ -36,6 +36,7 @@ class ServerProcess:
         self.data_dir = data_dir
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []
         # A file, not a pipe: nobody reads a pipe while the server runs, and a full pipe
         # would block the server's logging.
         self.log_path = data_dir.parent / f"server-{port}.log"
@@ -63,8 +64,7 @@ class ServerProcess:
                 "0.5",
                 "--shutdown-grace-seconds",
                 "2",
-                "--metrics-port",
-                "0",
+                *(self.extra_args or ["--metrics-port", "0"]),
                 "--log-level",
                 os.environ.get("LR_TEST_LOG", "WARNING"),
             ],
