@@ -315,16 +315,18 @@ class GrantDesk:
 
     def _apply(self, batch: list[_Grab], decided: _Round, epochs: dict[str, int]) -> None:
         """After the commit: bring the views up to date, then answer every caller."""
+        fresh: dict[str, PoolView] = {}
         for pool_id, pool in decided.pools.items():
             view = self._views.get(pool_id)
-            if view is None or self._epochs.get(pool_id, 0) != epochs.get(pool_id):
-                continue
-            view.pool = pool
-            for (counted_pool, viewer_id), n in decided.counts.items():
-                if counted_pool == pool_id:
-                    view.counts[viewer_id] = max(view.counts.get(viewer_id, 0), n)
+            if view is not None and self._epochs.get(pool_id, 0) == epochs.get(pool_id):
+                view.pool = pool
+                fresh[pool_id] = view
+        for (pool_id, viewer_id), n in decided.counts.items():
+            view = fresh.get(pool_id)
+            if view is not None:
+                view.counts[viewer_id] = max(view.counts.get(viewer_id, 0), n)
         for new in decided.coupons:
-            view = self._views.get(new.coupon.pool_id)
+            view = fresh.get(new.coupon.pool_id)
             if view is not None:
                 view.granted.add((new.coupon.viewer_id, new.request_id))
         for grab, result in zip(batch, decided.results, strict=True):
