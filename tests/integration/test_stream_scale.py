@@ -165,3 +165,52 @@ async def test_subscribe_cancel_cycles_leave_no_open_stream_and_no_growth(
     finally:
         assert proc.terminate() == 0
         proc.kill()
+
+
+async def test_a_stalled_subscriber_is_bounded_and_does_not_hold_up_the_others(
+    server_process: ServerProcess,
+) -> None:
+    server_process.start()
+    await server_process.wait_serving()
+    room_id, streamer = await _register(server_process.target)
+    pool = (
+        await streamer.configure_resources(room_id, create_pool=fixed_pool(room_id, total=10))
+    ).pool
+    stalled_channel, live_channel = _channels(server_process.target, 2)
+    metadata = (("authorization", "Bearer " + mint_token("watcher", "viewer", key=TOKEN_KEY)),)
+    request = svc.StreamAllocationInfoRequest(room_id=room_id)
+    stalled = svc_grpc.ResourceAllocationServiceStub(stalled_channel).StreamAllocationInfo(
+        request, metadata=metadata
+    )
+    live = svc_grpc.ResourceAllocationServiceStub(live_channel).StreamAllocationInfo(
+        request, metadata=metadata
+    )
+    try:
+        await stalled.read()  # then never reads again
+        await live.read()
+        server = psutil.Process(server_process.proc.pid)  # type: ignore[union-attr]
+        before = server.memory_info().rss
+        version = pool.version
+        last_sequence = 0
+        for _ in range(300):  # each change carries the whole pool: more than a window
+            changed = await streamer.configure_resources(
+                room_id,
+                add_stock=svc.AddStock(pool_id=pool.pool_id, expected_version=version, quantity=1),
+            )
+            version = changed.pool.version
+        while True:
+            message = await asyncio.wait_for(live.read(), 10)
+            if message.WhichOneof("payload") == "event":
+                last_sequence = message.event.sequence
+                if message.event.pool_changed.pool.version == version:
+                    break
+        assert last_sequence >= 300, "the live subscriber got every change"
+        grown = server.memory_info().rss - before
+        assert grown < 20 * 1024 * 1024, f"server RSS grew {grown / 1024:.0f} KiB"
+    finally:
+        stalled.cancel()
+        live.cancel()
+        await stalled_channel.close()
+        await live_channel.close()
+        await streamer.close()
+        assert server_process.terminate() == 0
