@@ -14,20 +14,25 @@ from server.store import codec
 from server.store.interface import IdempotencyKey, NewCoupon
 
 
-async def allocate(
-    ctx: ServiceContext, principal: Principal, key: IdempotencyKey, pool_id: str
-) -> AllocationResult:
-    """Grant the calling viewer a coupon from the pool, or say why not.
-
-    Every answer, refusals included, is recorded under the request_id, so a retry gets
-    the same answer and never a second coupon.
-    """
+def check_grab(principal: Principal, key: IdempotencyKey, pool_id: str) -> None:
+    """A grab's checks, shared by both grab paths: the viewer role, then its fields."""
     require_role(principal, Role.VIEWER)
     out: list[FieldViolation] = []
     check_request_id(key.request_id, "request_id", out)
     check_id(pool_id, "pool_id", out)
     if out:
         raise InvalidArgument(out)
+
+
+async def allocate(
+    ctx: ServiceContext, principal: Principal, key: IdempotencyKey, pool_id: str
+) -> AllocationResult:
+    """Grant the calling viewer a coupon from the pool, or say why not (one transaction).
+
+    Every answer, refusals included, is recorded under the request_id, so a retry gets
+    the same answer and never a second coupon.
+    """
+    check_grab(principal, key, pool_id)
     viewer_id = principal.subject
     async with ctx.store.transaction(write=True) as tx:
         recorded = await replay(tx, key)

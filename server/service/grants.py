@@ -27,8 +27,6 @@ from datetime import datetime
 from server.domain import allocation
 from server.domain.errors import (
     DomainError,
-    FieldViolation,
-    InvalidArgument,
     NotFound,
     RequestIdReused,
     Unavailable,
@@ -40,10 +38,8 @@ from server.domain.models import (
     Outcome,
     Pool,
     Principal,
-    Role,
 )
-from server.domain.validation import check_id, check_request_id
-from server.service.access import require_role
+from server.service.allocate import check_grab
 from server.service.context import ServiceContext
 from server.service.ids import new_coupon_code, new_coupon_id
 from server.service.shielding import finish_even_if_cancelled
@@ -121,12 +117,7 @@ class GrantDesk:
         self, principal: Principal, key: IdempotencyKey, pool_id: str
     ) -> AllocationResult:
         """Grant the viewer a coupon or say why not; see the module docstring."""
-        require_role(principal, Role.VIEWER)
-        out: list[FieldViolation] = []
-        check_request_id(key.request_id, "request_id", out)
-        check_id(pool_id, "pool_id", out)
-        if out:
-            raise InvalidArgument(out)
+        check_grab(principal, key, pool_id)
         k: Key = (key.subject, key.request_id)
         recent = self._recent.get(k)
         if recent is not None:
