@@ -102,6 +102,15 @@ def duration_in(
     return timedelta(seconds=d.seconds, microseconds=d.nanos // 1000)
 
 
+def _optional_time(
+    message: Message, name: str, prefix: str, out: list[FieldViolation]
+) -> datetime | None:
+    """An optional Timestamp field: None when unset, else its datetime (or a violation)."""
+    if not message.HasField(name):
+        return None
+    return timestamp_in(getattr(message, name), f"{prefix}.{name}", out)
+
+
 def goods_in(g: res.Goods, shop_id: str = "") -> m.Goods:
     return m.Goods(goods_id=g.goods_id, shop_id=g.shop_id or shop_id, title=g.title)
 
@@ -154,16 +163,8 @@ def configure_op_in(request: svc.ConfigureResourcesRequest) -> ConfigureOp:
     if which == "create_pool":
         c = request.create_pool
         f = "create_pool"
-        start = (
-            timestamp_in(c.claim_start_time, f"{f}.claim_start_time", out)
-            if c.HasField("claim_start_time")
-            else None
-        )
-        end = (
-            timestamp_in(c.claim_end_time, f"{f}.claim_end_time", out)
-            if c.HasField("claim_end_time")
-            else None
-        )
+        start = _optional_time(c, "claim_start_time", f, out)
+        end = _optional_time(c, "claim_end_time", f, out)
         spec = m.PoolSpec(
             title=c.title,
             terms=_terms_in(c.terms, f"{f}.terms", out),
@@ -181,16 +182,8 @@ def configure_op_in(request: svc.ConfigureResourcesRequest) -> ConfigureOp:
     elif which == "update_claim_window":
         w = request.update_claim_window
         f = "update_claim_window"
-        start = (
-            timestamp_in(w.claim_start_time, f"{f}.claim_start_time", out)
-            if w.HasField("claim_start_time")
-            else None
-        )
-        end = (
-            timestamp_in(w.claim_end_time, f"{f}.claim_end_time", out)
-            if w.HasField("claim_end_time")
-            else None
-        )
+        start = _optional_time(w, "claim_start_time", f, out)
+        end = _optional_time(w, "claim_end_time", f, out)
         op = UpdateWindowOp(w.pool_id, w.expected_version, start, end)
     elif which == "stop_pool":
         op = StopPoolOp(request.stop_pool.pool_id, request.stop_pool.expected_version)

@@ -328,12 +328,3 @@ def due_transitions(pool: Pool, now: datetime) -> tuple[Pool, list[EventDraft]]:
         kind = EventKind.POOL_OPENED if state is PoolState.OPEN else EventKind.POOL_SOLD_OUT
         return opened, [EventDraft(kind, opened)]
     return pool.with_changes(announced_state=state), []
-
-
-def next_transition_at(pool: Pool) -> datetime | None:
-    """When time alone will next change the pool's announced state, if ever."""
-    if pool.announced_state is PoolState.SCHEDULED:
-        return pool.claim_start
-    if pool.announced_state is PoolState.CLOSED:
-        return None
-    return pool.claim_end
