@@ -26,7 +26,7 @@ class Verdict(enum.Enum):
     DELIVER = enum.auto()
     SKIP = enum.auto()
     RESYNC = enum.auto()
-    """An event skipped a sequence number: drop the stream and resume from the last one seen."""
+    """A lifecycle event was lost: drop the stream and resume from the last sequence applied."""
 
 
 class ResumeState:
@@ -35,7 +35,9 @@ class ResumeState:
     ``last_sequence`` is the sequence of the last snapshot or event delivered (or the resume point
     the caller gave). Each reconnect asks for the events after it, and any event at or below it is
     a duplicate and dropped. A snapshot always replaces it, even with a lower number, because the
-    server sends one precisely when the client must start over (RESUME_TOO_OLD/RESUME_UNKNOWN).
+    server sends one precisely when the client must start over (RESUME_TOO_OLD/RESUME_UNKNOWN/
+    LAGGING). Sequence numbers may skip: the server coalesces stock changes. An event whose
+    ``previous_lifecycle_sequence`` is above ``last_sequence`` proves a lifecycle event was lost.
     """
 
     def __init__(
@@ -80,7 +82,7 @@ class ResumeState:
             sequence = item.event.sequence
             if sequence <= self.last_sequence:
                 return Verdict.SKIP
-            if self._has_baseline and sequence != self.last_sequence + 1:
+            if self._has_baseline and item.event.previous_lifecycle_sequence > self.last_sequence:
                 return Verdict.RESYNC
             self.last_sequence = sequence
             self._has_baseline = True

@@ -104,7 +104,11 @@ async def start_server(
     )
     await store.start()
     ctx = ServiceContext(store=store, clock=clock)
-    feeds = FeedRegistry(store)
+    feeds = FeedRegistry(
+        store,
+        capacity=max(4096, 2 * settings.stream_max_lag_events),
+        stock_interval=settings.stock_update_interval_seconds,
+    )
     metrics = Metrics() if settings.metrics_port else None
     desk = None
     if settings.allocation_batching:
@@ -116,6 +120,7 @@ async def start_server(
         feeds=feeds,
         ticker=ticker,
         heartbeat_seconds=settings.heartbeat_seconds,
+        max_lag_events=settings.stream_max_lag_events,
         gate=AdmissionGate(settings.admission_limit),
         desk=desk,
         metrics=metrics,

@@ -29,6 +29,10 @@ class Settings:
     """Python logging level."""
     heartbeat_seconds: float = 10.0
     """Idle room streams get a heartbeat this often."""
+    stock_update_interval_seconds: float = 0.2
+    """Room streams carry a pool's stock changes at most this often (0: every change)."""
+    stream_max_lag_events: int = 2048
+    """A room stream this many events behind is sent a fresh snapshot instead of the backlog."""
     event_retention_seconds: float = 86400.0
     """Room events older than this are pruned; resuming from before them gets a snapshot."""
     shutdown_grace_seconds: float = 10.0
@@ -60,6 +64,8 @@ _ENV = {
     "token_key_file": "LIVERESOURCE_TOKEN_KEY_FILE",
     "log_level": "LIVERESOURCE_LOG_LEVEL",
     "heartbeat_seconds": "LIVERESOURCE_HEARTBEAT_SECONDS",
+    "stock_update_interval_seconds": "LIVERESOURCE_STOCK_UPDATE_INTERVAL_SECONDS",
+    "stream_max_lag_events": "LIVERESOURCE_STREAM_MAX_LAG_EVENTS",
     "event_retention_seconds": "LIVERESOURCE_EVENT_RETENTION_SECONDS",
     "shutdown_grace_seconds": "LIVERESOURCE_SHUTDOWN_GRACE_SECONDS",
     "sqlite_synchronous": "LIVERESOURCE_SQLITE_SYNCHRONOUS",

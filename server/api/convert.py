@@ -53,6 +53,7 @@ _REASON = {
     m.SnapshotReason.INITIAL: ev.SNAPSHOT_REASON_INITIAL,
     m.SnapshotReason.RESUME_TOO_OLD: ev.SNAPSHOT_REASON_RESUME_TOO_OLD,
     m.SnapshotReason.RESUME_UNKNOWN: ev.SNAPSHOT_REASON_RESUME_UNKNOWN,
+    m.SnapshotReason.LAGGING: ev.SNAPSHOT_REASON_LAGGING,
 }
 _CLOSE = {
     m.CloseReason.STOPPED: ev.CLOSE_REASON_STOPPED,
@@ -367,7 +368,12 @@ def options_out(o: ConfigurationOptions) -> res.ConfigurationOptions:
 def event_out(e: m.RoomEvent) -> ev.RoomEvent:
     """A room event; the pool it carries is shown as of the event's time."""
     p = e.pool
-    out = ev.RoomEvent(sequence=e.sequence, event_time=ts(e.event_time), pool_id=p.pool_id)
+    out = ev.RoomEvent(
+        sequence=e.sequence,
+        event_time=ts(e.event_time),
+        pool_id=p.pool_id,
+        previous_lifecycle_sequence=e.previous_lifecycle,
+    )
     if e.kind is m.EventKind.POOL_SCHEDULED:
         out.pool_scheduled.pool.CopyFrom(pool_out(p, e.event_time))
     elif e.kind is m.EventKind.POOL_OPENED:

@@ -36,6 +36,7 @@ class Servicer:
     feeds: FeedRegistry
     ticker: LifecycleTicker
     heartbeat_seconds: float
+    max_lag_events: int
     gate: AdmissionGate
     desk: GrantDesk | None = None
     """The batched grab path; None means one transaction per grab."""
@@ -178,6 +179,7 @@ class Servicer:
             request.room_id,
             request.resume_after_sequence,
             self.heartbeat_seconds,
+            self.max_lag_events,
         )
         async with contextlib.aclosing(subscription) as items:
             async for item in items:

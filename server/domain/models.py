@@ -272,6 +272,13 @@ class RoomEvent:
     event_time: datetime
     kind: EventKind
     pool: Pool
+    previous_lifecycle: int = 0
+    """Sequence of the room's last lifecycle event before this one (0: none retained)."""
+
+    @property
+    def is_lifecycle(self) -> bool:
+        """Every kind but a stock change: never coalesced away on a stream."""
+        return self.kind is not EventKind.STOCK_CHANGED
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +308,7 @@ class SnapshotReason(enum.StrEnum):
     INITIAL = "initial"
     RESUME_TOO_OLD = "resume_too_old"
     RESUME_UNKNOWN = "resume_unknown"
+    LAGGING = "lagging"
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,11 +50,14 @@ async def subscribe(
     room_id: str,
     resume_after: int,
     heartbeat_seconds: float,
+    max_lag_events: int = 2048,
 ) -> AsyncGenerator[SubscriptionItem, None]:
     """Yield the room's allocation info: a snapshot or the missed events, then live events.
 
-    Any authenticated caller may subscribe. Sequence numbers delivered only grow, with no
-    gap: the cursor advances by exactly one event at a time.
+    Any authenticated caller may subscribe. Sequence numbers delivered only grow; the numbers
+    skipped are stock changes superseded by a later one of the same pool (coalescing), never
+    lifecycle events. A stream that, once caught up, falls more than `max_lag_events` behind
+    the published events is sent a LAGGING snapshot instead of the backlog.
     """
     del principal  # rooms are public to every authenticated caller
     out: list[FieldViolation] = []
@@ -79,23 +82,34 @@ async def subscribe(
             cursor = snap.snapshot.sequence
         else:
             cursor = resume_after
+        # A resuming stream catches up from the store however far back it starts; once it has
+        # reached the published end, falling too far behind again gets it a snapshot.
+        live = False
         while not feeds.closed:
-            # Taken before the read: events committed by then must be readable, so an empty
+            if live and feed.behind(cursor, max_lag_events):
+                snap = await _snapshot(ctx, room_id, SnapshotReason.LAGGING)
+                yield snap
+                cursor = snap.snapshot.sequence
+                continue
+            # Taken before the read: events published by then must be readable, so an empty
             # read despite them means they were pruned. (Checking after the read would
             # mistake a commit that lands during the read for a prune.)
-            committed = feed.known_last
-            events = await feed.read_after(cursor)
-            for event in events:
-                yield event
-                cursor = event.sequence
+            published = feed.published
+            events = await feed.read_coalesced(cursor)
             if events:
+                for event in events:
+                    if live and feed.behind(cursor, max_lag_events):
+                        break
+                    yield event
+                    cursor = event.sequence
                 continue
-            if committed > cursor:
+            if published > cursor:
                 # Committed events we cannot read were pruned while we lagged: resync.
                 snap = await _snapshot(ctx, room_id, SnapshotReason.RESUME_TOO_OLD)
                 yield snap
                 cursor = snap.snapshot.sequence
                 continue
+            live = True
             if not await feed.wait_past(cursor, heartbeat_seconds) and not feeds.closed:
                 yield Heartbeat(ctx.clock(), cursor)
     finally:

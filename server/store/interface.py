@@ -15,8 +15,9 @@ from typing import Protocol
 
 from server.domain.models import Coupon, EventDraft, Pool, Redemption, Room, RoomEvent
 
-CommitListener = Callable[[str, int], None]
-"""Called after a commit with (room_id, last event sequence committed for that room)."""
+CommitListener = Callable[[str, int, bool], None]
+"""Called after a commit with (room_id, last event sequence committed for that room, whether
+any of the room's events in the commit is a lifecycle event, i.e. not a stock change)."""
 
 
 @dataclass(frozen=True, slots=True)

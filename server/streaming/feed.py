@@ -1,5 +1,10 @@
 """One feed per room with subscribers: knows the newest committed sequence and caches recent
-events, so a change is read from the store once per room, not once per subscriber."""
+events, so a change is read from the store once per room, not once per subscriber.
+
+The feed also paces what it publishes: a commit with a lifecycle event is published at once,
+one with only stock changes at most once per `stock_interval`; and a batch handed to the
+room's subscribers keeps only each pool's latest stock change (`coalesce`), computed once per
+room and cursor, not once per subscriber."""
 
 from __future__ import annotations
 
@@ -7,41 +12,109 @@ import asyncio
 import contextlib
 from collections import deque
 
-from server.domain.models import RoomEvent
+from server.domain.models import EventKind, RoomEvent
 from server.service.shielding import finish_even_if_cancelled
 from server.store.interface import Store
 
 _FETCH_LIMIT = 500
 
 
+def coalesce(events: list[RoomEvent]) -> list[RoomEvent]:
+    """The events minus each stock change that a later one of the same pool supersedes."""
+    latest: dict[str, int] = {}
+    for index, event in enumerate(events):
+        if event.kind is EventKind.STOCK_CHANGED:
+            latest[event.pool.pool_id] = index
+    if len(latest) == sum(1 for e in events if e.kind is EventKind.STOCK_CHANGED):
+        return events
+    return [
+        e
+        for i, e in enumerate(events)
+        if e.kind is not EventKind.STOCK_CHANGED or latest[e.pool.pool_id] == i
+    ]
+
+
 class RoomFeed:
     """Recent events of one room. Runs on the event loop; no locking beyond _fill_lock."""
 
-    def __init__(self, room_id: str, store: Store, known_last: int, capacity: int) -> None:
+    def __init__(
+        self,
+        room_id: str,
+        store: Store,
+        known_last: int,
+        capacity: int,
+        stock_interval: float = 0.0,
+    ) -> None:
         self.room_id = room_id
         self._store = store
         self.known_last = known_last
+        """The newest sequence committed (that this process heard of)."""
+        self.published = known_last
+        """The newest sequence handed to subscribers; lags known_last by at most the interval."""
         self._ring: deque[RoomEvent] = deque(maxlen=capacity)
         # Guards filling the ring, so concurrent subscribers trigger one store read.
         self._fill_lock = asyncio.Lock()
         self._changed = asyncio.Event()
+        self._stock_interval = stock_interval
+        self._last_publish = -stock_interval
+        self._timer: asyncio.TimerHandle | None = None
+        # Coalesced batches by cursor, for the current `published`: one per room, not per stream.
+        self._batches: dict[int, list[RoomEvent]] = {}
         self.subscribers = 0
 
-    def notify(self, sequence: int) -> None:
+    def notify(self, sequence: int, lifecycle: bool = True) -> None:
         """A commit put this room's events up to `sequence` in the store."""
-        if sequence > self.known_last:
-            self.known_last = sequence
+        if sequence <= self.known_last:
+            return
+        self.known_last = sequence
+        if lifecycle or self._stock_interval <= 0:
+            self._publish()
+            return
+        if self._timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_publish + self._stock_interval
+        if loop.time() >= due:
+            self._publish()
+        else:
+            self._timer = loop.call_at(due, self._publish)
+
+    def _publish(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._last_publish = asyncio.get_running_loop().time()
+        if self.known_last > self.published:
+            self.published = self.known_last
+            self._batches.clear()
             self._changed.set()
             self._changed = asyncio.Event()
 
     async def wait_past(self, cursor: int, seconds: float) -> bool:
-        """Wait up to `seconds` for an event after `cursor` to be committed."""
-        if self.known_last > cursor:
+        """Wait up to `seconds` for an event after `cursor` to be published."""
+        if self.published > cursor:
             return True
         changed = self._changed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), seconds)
-        return self.known_last > cursor
+        return self.published > cursor
+
+    def behind(self, cursor: int, max_lag: int) -> bool:
+        """Whether a stream at `cursor` lags the published events by more than `max_lag`."""
+        return self.published - cursor > max_lag
+
+    async def read_coalesced(self, cursor: int) -> list[RoomEvent]:
+        """The published events after `cursor` with superseded stock changes left out."""
+        published = self.published
+        cached = self._batches.get(cursor)
+        if cached is not None:
+            return cached
+        events = [e for e in await self.read_after(cursor) if e.sequence <= published]
+        if self._stock_interval > 0:
+            events = coalesce(events)
+        if published == self.published:
+            self._batches[cursor] = events
+        return events
 
     async def read_after(self, cursor: int) -> list[RoomEvent]:
         """Committed events after `cursor`, in order (a batch; call again for more)."""
@@ -71,7 +144,9 @@ class RoomFeed:
     async def _fetch(self, cursor: int) -> list[RoomEvent]:
         events = await finish_even_if_cancelled(self._read(cursor))
         if events and events[-1].sequence > self.known_last:
-            self.known_last = events[-1].sequence
+            # Committed, but not heard of yet: publish what it holds like a commit would.
+            fresh = [e for e in events if e.sequence > self.known_last]
+            self.notify(events[-1].sequence, any(e.is_lifecycle for e in fresh))
         return events
 
     async def _read(self, cursor: int) -> list[RoomEvent]:
@@ -80,29 +155,35 @@ class RoomFeed:
 
     def close(self) -> None:
         """Wake every waiter (used at shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._changed.set()
 
 
 class FeedRegistry:
     """The feeds of rooms that have subscribers; fed by the store's commit listener."""
 
-    def __init__(self, store: Store, capacity: int = 4096) -> None:
+    def __init__(self, store: Store, capacity: int = 4096, stock_interval: float = 0.0) -> None:
         self._store = store
         self._capacity = capacity
+        self._stock_interval = stock_interval
         self._feeds: dict[str, RoomFeed] = {}
         self.closed = False
         store.add_commit_listener(self._on_commit)
 
-    def _on_commit(self, room_id: str, sequence: int) -> None:
+    def _on_commit(self, room_id: str, sequence: int, lifecycle: bool) -> None:
         feed = self._feeds.get(room_id)
         if feed is not None:
-            feed.notify(sequence)
+            feed.notify(sequence, lifecycle)
 
     def join(self, room_id: str, known_last: int) -> RoomFeed:
         """The room's feed, counting one more subscriber."""
         feed = self._feeds.get(room_id)
         if feed is None:
-            feed = self._feeds[room_id] = RoomFeed(room_id, self._store, known_last, self._capacity)
+            feed = self._feeds[room_id] = RoomFeed(
+                room_id, self._store, known_last, self._capacity, self._stock_interval
+            )
         else:
             feed.notify(known_last)
         feed.subscribers += 1
@@ -113,6 +194,7 @@ class FeedRegistry:
         feed.subscribers -= 1
         if feed.subscribers <= 0 and self._feeds.get(feed.room_id) is feed:
             del self._feeds[feed.room_id]
+            feed.close()
 
     def open_streams(self) -> int:
         """How many subscriptions are open."""

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from client_sdk import AsyncLiveResourceClient, ClientConfig, mint_token
+from generated.liveresource.v1 import events_pb2
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as svc_grpc
 from server.api import convert
@@ -23,6 +24,7 @@ from tests.integration.test_process import ServerProcess, free_port
 from tests.support import TOKEN_KEY, fixed_pool, room_message, unique
 
 STREAMS = 2_500  # grpcio 1.85 with default options serves about 2,100 open streams
+CHANGES = 800  # ~210 bytes each: about 500 fill a stalled stream's transport buffers
 
 
 def _free_port() -> int:
@@ -170,13 +172,19 @@ async def test_subscribe_cancel_cycles_leave_no_open_stream_and_no_growth(
 async def test_a_stalled_subscriber_is_bounded_and_does_not_hold_up_the_others(
     server_process: ServerProcess,
 ) -> None:
+    server_process.extra_args = ["--stream-max-lag-events", "50"]
     server_process.start()
     await server_process.wait_serving()
     room_id, streamer = await _register(server_process.target)
     pool = (
         await streamer.configure_resources(room_id, create_pool=fixed_pool(room_id, total=10))
     ).pool
-    stalled_channel, live_channel = _channels(server_process.target, 2)
+    # A phone on a slow link: no BDP probing, so the receive window stays at its 64 KiB.
+    stalled_channel = grpc.aio.insecure_channel(
+        server_process.target,
+        options=[("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0)],
+    )
+    (live_channel,) = _channels(server_process.target, 1)
     metadata = (("authorization", "Bearer " + mint_token("watcher", "viewer", key=TOKEN_KEY)),)
     request = svc.StreamAllocationInfoRequest(room_id=room_id)
     stalled = svc_grpc.ResourceAllocationServiceStub(stalled_channel).StreamAllocationInfo(
@@ -190,23 +198,45 @@ async def test_a_stalled_subscriber_is_bounded_and_does_not_hold_up_the_others(
         await live.read()
         server = psutil.Process(server_process.proc.pid)  # type: ignore[union-attr]
         before = server.memory_info().rss
+        done = asyncio.Event()
         version = pool.version
-        last_sequence = 0
-        for _ in range(300):  # each change carries the whole pool: more than a window
+
+        async def read_live() -> int:
+            # Reads as the changes happen, as an app would.
+            while True:
+                message = await asyncio.wait_for(live.read(), 10)
+                if message.WhichOneof("payload") != "event":
+                    continue
+                if done.is_set() and message.event.pool_changed.pool.version == version:
+                    return message.event.sequence
+
+        reader = asyncio.ensure_future(read_live())
+        for _ in range(CHANGES):  # each change carries the whole pool: far more than a window
             changed = await streamer.configure_resources(
                 room_id,
                 add_stock=svc.AddStock(pool_id=pool.pool_id, expected_version=version, quantity=1),
             )
             version = changed.pool.version
-        while True:
-            message = await asyncio.wait_for(live.read(), 10)
-            if message.WhichOneof("payload") == "event":
-                last_sequence = message.event.sequence
-                if message.event.pool_changed.pool.version == version:
-                    break
-        assert last_sequence >= 300, "the live subscriber got every change"
+        done.set()
+        last_sequence = await reader
+        assert last_sequence >= CHANGES, "the live subscriber got every change"
         grown = server.memory_info().rss - before
         assert grown < 20 * 1024 * 1024, f"server RSS grew {grown / 1024:.0f} KiB"
+        # The stalled one reads again: what the transport held, then a LAGGING snapshot
+        # that is current, instead of hundreds of stale changes.
+        reasons, delivered = [], 0
+        while True:
+            message = await asyncio.wait_for(stalled.read(), 5)
+            kind = message.WhichOneof("payload")
+            if kind == "event":
+                delivered += 1
+            elif kind == "snapshot":
+                reasons.append(message.snapshot.reason)
+                if message.snapshot.sequence >= last_sequence:
+                    assert message.snapshot.pools[0].version == version
+                    break
+        assert reasons == [events_pb2.SNAPSHOT_REASON_LAGGING], reasons
+        assert delivered < CHANGES - 50, f"{delivered}: the backlog was replaced by the snapshot"
     finally:
         stalled.cancel()
         live.cancel()

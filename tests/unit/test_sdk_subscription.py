@@ -39,8 +39,14 @@ def snap(sequence: int, reason: int = events_pb2.SNAPSHOT_REASON_INITIAL) -> Res
     )
 
 
-def ev(sequence: int) -> Response:
-    return Response(event=events_pb2.RoomEvent(sequence=sequence, pool_id="p1"))
+def ev(sequence: int, after_lifecycle: int | None = None) -> Response:
+    """An event; by default the one before it was a lifecycle event (so none may be skipped)."""
+    previous = sequence - 1 if after_lifecycle is None else after_lifecycle
+    return Response(
+        event=events_pb2.RoomEvent(
+            sequence=sequence, pool_id="p1", previous_lifecycle_sequence=previous
+        )
+    )
 
 
 def hb(sequence: int) -> Response:
@@ -154,7 +160,8 @@ async def test_resume_point_too_old_replaces_state_with_snapshot(
     assert subscription.last_sequence == 7
 
 
-async def test_sequence_gap_triggers_a_resume(make_client: Callable[..., Any]) -> None:
+async def test_lost_lifecycle_event_triggers_a_resume(make_client: Callable[..., Any]) -> None:
+    # ev(4) says event 3 was a lifecycle event: the stream must not skip it.
     room = ScriptedRoom(
         ([snap(0), ev(1), ev(2), ev(4)], HANG),
         ([ev(3), ev(4), ev(5)], HANG),
@@ -166,6 +173,18 @@ async def test_sequence_gap_triggers_a_resume(make_client: Callable[..., Any]) -
     assert seen == ["snapshot@0", "event@1", "event@2", "event@3", "event@4", "event@5"]
     assert room.resumes == [0, 2]
     assert subscription.reconnects == 1
+
+
+async def test_coalesced_stock_changes_are_not_a_gap(make_client: Callable[..., Any]) -> None:
+    # Events 3-5 were stock changes coalesced away: 6 names 2 as the lifecycle event before it.
+    room = ScriptedRoom(([snap(0), ev(1), ev(2), ev(6, after_lifecycle=2), ev(7)], HANG))
+    with serving(room) as target:
+        subscription = make_client(target).subscribe("r1")
+        seen = await take(subscription, 5)
+        subscription.close()
+    assert seen == ["snapshot@0", "event@1", "event@2", "event@6", "event@7"]
+    assert room.resumes == [0]
+    assert subscription.reconnects == 0
 
 
 async def test_stream_ended_by_server_is_reopened(make_client: Callable[..., Any]) -> None:

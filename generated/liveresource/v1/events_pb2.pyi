@@ -39,6 +39,11 @@ class _SnapshotReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Snapsh
     """The resume point is newer than anything the room has (for example after a
     store reset): the client must replace its state with this snapshot.
     """
+    SNAPSHOT_REASON_LAGGING: _SnapshotReason.ValueType  # 4
+    """The subscriber read too slowly and fell further behind the room's events
+    than the server keeps per room (see the server's stream_max_lag_events):
+    the client must replace its state with this snapshot.
+    """
 
 class SnapshotReason(_SnapshotReason, metaclass=_SnapshotReasonEnumTypeWrapper):
     """Why a room snapshot was sent."""
@@ -54,6 +59,11 @@ must replace its state with this snapshot.
 SNAPSHOT_REASON_RESUME_UNKNOWN: SnapshotReason.ValueType  # 3
 """The resume point is newer than anything the room has (for example after a
 store reset): the client must replace its state with this snapshot.
+"""
+SNAPSHOT_REASON_LAGGING: SnapshotReason.ValueType  # 4
+"""The subscriber read too slowly and fell further behind the room's events
+than the server keeps per room (see the server's stream_max_lag_events):
+the client must replace its state with this snapshot.
 """
 Global___SnapshotReason: _TypeAlias = SnapshotReason  # noqa: Y015
 
@@ -275,7 +285,17 @@ Global___PoolClosed: _TypeAlias = PoolClosed  # noqa: Y015
 
 @_typing.final
 class RoomEvent(_message.Message):
-    """One change in a room, in the order the store committed it."""
+    """One change in a room, in the order the store committed it.
+
+    The store numbers a room's events 1, 2, 3 ... with no gap. A stream delivers
+    them in that order, except that stock changes are coalesced: while stock
+    falls quickly, a stream carries a pool's latest StockChanged at most every
+    stock update interval (200 ms by default) and skips the ones it superseded.
+    Every other kind (the lifecycle events: scheduled, opened, changed, sold
+    out, closed) is always delivered, in order. A client that has applied every
+    event up to sequence P detects a lost lifecycle event when an event arrives
+    with previous_lifecycle_sequence > P: it must resubscribe from P.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -288,12 +308,20 @@ class RoomEvent(_message.Message):
     STOCK_CHANGED_FIELD_NUMBER: _builtins.int
     POOL_SOLD_OUT_FIELD_NUMBER: _builtins.int
     POOL_CLOSED_FIELD_NUMBER: _builtins.int
+    PREVIOUS_LIFECYCLE_SEQUENCE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The room's sequence number of this event: 1 for the first event of the
-    room, then +1 for each event, with no gap.
+    room, then +1 for each event, with no gap in the store. On a stream the
+    numbers always grow; skipped numbers are coalesced stock changes.
     """
     pool_id: _builtins.str
     """The pool the event is about."""
+    previous_lifecycle_sequence: _builtins.int
+    """The sequence number of the room's last lifecycle event (any kind but
+    stock_changed) before this one, or 0 if there is none the server still
+    keeps. A stream never skips a lifecycle event, so if this is greater than
+    the last sequence the client applied, a lifecycle event was lost.
+    """
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When the change was committed."""
@@ -334,10 +362,11 @@ class RoomEvent(_message.Message):
         stock_changed: Global___StockChanged | None = ...,
         pool_sold_out: Global___PoolSoldOut | None = ...,
         pool_closed: Global___PoolClosed | None = ...,
+        previous_lifecycle_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "kind", b"kind", "pool_changed", b"pool_changed", "pool_closed", b"pool_closed", "pool_opened", b"pool_opened", "pool_scheduled", b"pool_scheduled", "pool_sold_out", b"pool_sold_out", "stock_changed", b"stock_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "kind", b"kind", "pool_changed", b"pool_changed", "pool_closed", b"pool_closed", "pool_id", b"pool_id", "pool_opened", b"pool_opened", "pool_scheduled", b"pool_scheduled", "pool_sold_out", b"pool_sold_out", "sequence", b"sequence", "stock_changed", b"stock_changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "kind", b"kind", "pool_changed", b"pool_changed", "pool_closed", b"pool_closed", "pool_id", b"pool_id", "pool_opened", b"pool_opened", "pool_scheduled", b"pool_scheduled", "pool_sold_out", b"pool_sold_out", "previous_lifecycle_sequence", b"previous_lifecycle_sequence", "sequence", b"sequence", "stock_changed", b"stock_changed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["pool_scheduled", "pool_opened", "pool_changed", "stock_changed", "pool_sold_out", "pool_closed"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
