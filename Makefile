@@ -8,8 +8,10 @@ STAMP  := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF    := .tools/node_modules/.bin/buf
 PROTOS := $(wildcard protos/liveresource/v1/*.proto)
+# The database of `make run-pg`: a local PostgreSQL (created if missing).
+PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/liveresource
 
-.PHONY: run run-dev test lint gen check-gen bench clean lock venv
+.PHONY: run run-dev run-pg test lint gen check-gen bench clean lock venv
 
 venv: $(STAMP)
 
@@ -32,6 +34,14 @@ check-gen: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m server
 
+# The server on PostgreSQL instead of the embedded SQLite file.
+run-pg: $(STAMP)
+	$(BIN)/python scripts/create_pg_database.py $(PG_URL)
+	$(BIN)/python -m server --database-url $(PG_URL)
+
+# Every test; those that use a database run on SQLite and on PostgreSQL (at
+# LIVERESOURCE_TEST_PG_URL, default postgresql://postgres@127.0.0.1:5432). Without a
+# PostgreSQL its tests are skipped, unless CI is set: then they fail.
 test: $(STAMP)
 	$(BIN)/python -m pytest
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from server import supervisor
 from server.app import start_server
 from server.config import Settings, load_settings
 
@@ -51,10 +52,16 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `liveresource-server` and `make run`."""
-    settings = load_settings(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    settings = load_settings(args)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if settings.processes > 1:
+        problem = supervisor.check_can_share(settings)
+        if problem is not None:
+            sys.exit(problem)
+        sys.exit(supervisor.supervise(args, settings))
     run_to_exit(serve(settings))
 
 

@@ -112,7 +112,12 @@ async def start_server(
     metrics = Metrics() if settings.metrics_port else None
     desk = None
     if settings.allocation_batching:
-        desk = GrantDesk(ctx, on_batch=metrics.observe_batch if metrics else None)
+        desk = GrantDesk(
+            ctx,
+            on_batch=metrics.observe_batch if metrics else None,
+            # Other processes may write the same pools: nothing is refused from memory.
+            shared=settings.resolved_database_url().startswith("postgresql"),
+        )
     # Pools whose state the ticker announces are re-read by the grab path.
     ticker = LifecycleTicker(ctx, on_change=desk.invalidate if desk else lambda _: None)
     servicer = Servicer(
@@ -126,7 +131,9 @@ async def start_server(
         metrics=metrics,
     )
 
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    reuse = ("grpc.so_reuseport", int(settings.reuse_port))
+    options = [reuse if name == reuse[0] else (name, v) for name, v in GRPC_OPTIONS]
+    server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((servicer.handler(CallRunner(Authenticator(key), metrics)),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -47,6 +47,11 @@ class Settings:
     """Port of the Prometheus /metrics endpoint; 0 turns metrics off."""
     metrics_host: str = "0.0.0.0"
     """Address of the metrics endpoint."""
+    processes: int = 1
+    """Server processes sharing the port (SO_REUSEPORT); above 1 needs PostgreSQL. Process i
+    serves metrics on metrics_port + i."""
+    reuse_port: bool = False
+    """Bind the port with SO_REUSEPORT so several processes share it (set by `processes`)."""
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to the embedded SQLite file."""
@@ -73,6 +78,8 @@ _ENV = {
     "admission_limit": "LIVERESOURCE_ADMISSION_LIMIT",
     "metrics_port": "LIVERESOURCE_METRICS_PORT",
     "metrics_host": "LIVERESOURCE_METRICS_HOST",
+    "processes": "LIVERESOURCE_PROCESSES",
+    "reuse_port": "LIVERESOURCE_REUSE_PORT",
 }
 
 

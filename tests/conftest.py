@@ -1,4 +1,9 @@
-"""Fixtures: a real liveresource server on a loopback port (port 0) and SDK clients."""
+"""Fixtures: a real liveresource server on a loopback port (port 0) and SDK clients.
+
+Every fixture that needs a database depends on `backend`, a session-scoped parameter, so
+each test using one runs twice: on SQLite (the embedded default) and on PostgreSQL (a
+throw-away database, see tests/pg.py; skipped without PostgreSQL unless CI is set).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from server.app import RunningServer, start_server
 from server.config import Settings
 from server.service.clock import utc_now
 from server.store.interface import Store
+from tests.pg import Databases
 from tests.support import TOKEN_KEY, room_message, unique
 
 logging.getLogger("liveresource.calls").setLevel(logging.WARNING)
@@ -56,6 +62,8 @@ def settings_for(data_dir: Path, **overrides: object) -> Settings:
         "shutdown_grace_seconds": 1.0,
         "sqlite_synchronous": "NORMAL",
         "metrics_port": 0,
+        # Every stock change on the stream, so tests can count them; coalescing has its own.
+        "stock_update_interval_seconds": 0.0,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -74,10 +82,51 @@ async def launch(
     return ServerHandle(running, settings, clock)
 
 
+BACKENDS = ("sqlite", "postgres")
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database the test runs on: "sqlite" or "postgres"."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
-async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServerHandle]:
-    """One server for the whole session (tests use unique room ids)."""
-    handle = await launch(tmp_path_factory.mktemp("server"))
+async def pg_databases() -> AsyncIterator[Databases]:
+    """PostgreSQL databases created during the session, all dropped at its end."""
+    databases = Databases()
+    yield databases
+    await databases.drop_all()
+
+
+async def fresh_database_url(backend: str, data_dir: Path, databases: Databases) -> str:
+    """The URL of a new, empty database of the backend."""
+    if backend == "sqlite":
+        # What the server uses by default in this data dir.
+        return settings_for(data_dir).resolved_database_url()
+    return await databases.new_url()
+
+
+@pytest.fixture
+async def database_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A new, empty database for this test (SQLite file in tmp_path, or PostgreSQL).
+
+    Servers a test starts itself get it as `launch(..., database_url=database_url)`; a
+    restarted server given the same URL finds the same data.
+    """
+    databases = Databases()
+    yield await fresh_database_url(backend, tmp_path, databases)
+    await databases.drop_all()
+
+
+@pytest.fixture(scope="session")
+async def server(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, pg_databases: Databases
+) -> AsyncIterator[ServerHandle]:
+    """One server per backend for the whole session (tests use unique room ids)."""
+    data_dir = tmp_path_factory.mktemp(f"server-{backend}")
+    url = await fresh_database_url(backend, data_dir, pg_databases)
+    handle = await launch(data_dir, database_url=url)
     yield handle
     await handle.running.stop(1.0)
 

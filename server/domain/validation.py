@@ -44,8 +44,10 @@ def check_range(value: int, bounds: tuple[int, int], field: str, out: list[Field
 def check_text(
     value: str, field: str, max_len: int, out: list[FieldViolation], *, required: bool = False
 ) -> None:
-    """A display text of bounded length."""
+    """A display text of bounded length, without NUL (which PostgreSQL text cannot hold)."""
     if required and not value.strip():
         out.append(FieldViolation(field, "is required"))
     elif len(value) > max_len:
         out.append(FieldViolation(field, f"must be at most {max_len} characters"))
+    elif "\x00" in value:
+        out.append(FieldViolation(field, "must not contain NUL characters"))

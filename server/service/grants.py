@@ -1,10 +1,11 @@
 """The batched grab path: refusals answered from memory, grants group-committed by one writer.
 
 Allocate calls queue to a single writer task per process. Each round it takes what has
-queued (up to `max_batch`) and decides it in one store transaction: it reads the recorded
-answers of those request_ids, the pools (locked on PostgreSQL) and the viewers' grant counts,
-decides every grab in arrival order with the domain rules, writes all grants, answers and
-room events at once, commits, and only then answers the callers. While one batch commits the
+queued (up to `max_batch`) and decides it in one store transaction: it reads the pools
+(locked on PostgreSQL, so batches of several processes take turns on a pool), then the
+recorded answers of those request_ids and the viewers' grant counts, decides every grab in
+arrival order with the domain rules, writes all grants, answers and room events at once,
+commits, and only then answers the callers. While one batch commits the
 next one queues, so the commit cost is shared by every grab in it (group commit).
 
 In front of the queue, a grab is refused from memory when that answer cannot turn out wrong:
@@ -12,6 +13,12 @@ the pool's committed view says it is closed, not open yet, sold out, or the view
 holds the limit, and the request_id has no grant in that pool. Those answers are not written;
 a recent-answers cache gives a retry the same answer. The database constraints stay the
 backstop for everything written.
+
+When the store is shared with other processes (`shared`, PostgreSQL), this process cannot
+know from memory that a request_id has no grant (another process may have granted it), nor
+that a pool it saw sold out got no stock since: every grab then goes to the writer, which
+decides it on the locked pool row, and refusals are recorded as answers too, so a retry sent
+to any process gets the same answer.
 """
 
 from __future__ import annotations
@@ -96,8 +103,10 @@ class GrantDesk:
         max_batch: int = 512,
         recent_capacity: int = 200_000,
         on_batch: BatchObserver | None = None,
+        shared: bool = False,
     ) -> None:
         self._ctx = ctx
+        self._shared = shared
         self._max_batch = max_batch
         self._recent_capacity = recent_capacity
         self._on_batch = on_batch
@@ -129,6 +138,8 @@ class GrantDesk:
             if pending.key.fingerprint != key.fingerprint:
                 raise RequestIdReused()
             return await asyncio.shield(pending.future)
+        if self._shared:
+            return await self._enqueue(key, pool_id)
         view = self._views.get(pool_id) or await self._view(pool_id)
         if view is None:
             raise NotFound("pool", pool_id)
@@ -248,9 +259,12 @@ class GrantDesk:
                 grab.future.set_exception(error)
 
     async def _decide(self, tx: Transaction, batch: list[_Grab]) -> _Round:
-        recorded = await tx.get_answers([(g.key.subject, g.key.request_id) for g in batch])
+        # The pools first: on PostgreSQL this locks them, so a batch of another process
+        # that grabs from them has committed before the answers and counts below are read
+        # (a retry it granted is then replayed here, not granted twice).
         pool_ids = sorted({g.pool_id for g in batch})
         pools = {p.pool_id: p for p in await tx.get_pools(pool_ids, for_update=True)}
+        recorded = await tx.get_answers([(g.key.subject, g.key.request_id) for g in batch])
         fresh = [g for g in batch if (g.key.subject, g.key.request_id) not in recorded]
         counts = await tx.count_grants_many(sorted({(g.pool_id, g.key.subject) for g in fresh}))
         decided = _Round(now=self._ctx.clock(), pools=pools, counts=counts)
@@ -283,6 +297,8 @@ class GrantDesk:
         refused = allocation.refusal(pool, held, decided.now)
         if refused is not None:
             result = refused
+            if self._shared:
+                decided.answers.append((grab.key, codec.allocation_to_json(result)))
         else:
             after, coupon, events = allocation.grant(
                 pool, viewer_id, new_coupon_id(), new_coupon_code(), decided.now

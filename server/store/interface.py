@@ -120,7 +120,12 @@ class Store(Protocol):
         """A unit of work; `write=False` gives a consistent read-only view."""
 
     def add_commit_listener(self, listener: CommitListener) -> None:
-        """Be told of every room whose events were committed."""
+        """Be told of every room whose events were committed (by any process sharing the
+        store, where the store can tell: PostgreSQL LISTEN/NOTIFY)."""
+
+    def add_resync_listener(self, listener: Callable[[], None]) -> None:
+        """Be told when commit notifications may have been missed (a lost LISTEN
+        connection): what the listener watches must be re-read from the store."""
 
     async def prune_events(self, older_than: datetime) -> int:
         """Delete events committed before `older_than`; returns how many."""

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, event, func, insert, or_, select, update
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    cast,
+    column,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+    values,
+)
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import Select
 
 from server.domain.errors import Conflict, Unavailable
 from server.domain.models import (
@@ -25,7 +43,7 @@ from server.domain.models import (
     Room,
     RoomEvent,
 )
-from server.store import codec
+from server.store import codec, pg_notify
 from server.store.interface import (
     CommitListener,
     EventBounds,
@@ -54,10 +72,43 @@ _COUPON_COLUMNS = (
 
 
 _CHUNK = 400  # bound on the parameters of one IN (...) list
+_PG_MAX_PARAMETERS = 30_000  # below PostgreSQL's 32,767 bind parameters per statement
 
 
-def _chunks(items: list[Any]) -> list[list[Any]]:
-    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+def _chunks(items: list[Any], size: int = _CHUNK) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _update_from_values(
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    match: Mapping[str, str],
+    assign: Mapping[str, str],
+) -> Any:
+    """`UPDATE table SET ... FROM (VALUES ...) AS v WHERE ... RETURNING` (PostgreSQL).
+
+    One statement updates several rows, each with its own values, and says which rows it
+    updated: asyncpg's executemany reports no row counts. `match` and `assign` map the
+    table's columns to keys of `rows`.
+    """
+    names = [*match.values(), *assign.values()]
+    typed = {key: table.c[col].type for col, key in (*match.items(), *assign.items())}
+    given = values(*(column(n, typed[n]) for n in names), name="v").data(
+        [tuple(row[n] for n in names) for row in rows]
+    )
+
+    def value(key: str) -> Any:
+        # A None is rendered as a bare NULL, which PostgreSQL types as text in VALUES.
+        return cast(given.c[key], typed[key])
+
+    first = next(iter(match))
+    return (
+        update(table)
+        .where(*(table.c[col] == value(key) for col, key in match.items()))
+        .values({col: value(key) for col, key in assign.items()})
+        .returning(table.c[first])
+    )
 
 
 def _coupon_from_row(r: Any) -> Coupon:
@@ -77,20 +128,44 @@ def _room_from_row(r: Mapping[str, Any]) -> Room:
 
 
 class SqlTransaction:
-    """One unit of work on one connection; see interface.Transaction."""
+    """One unit of work on one connection; see interface.Transaction.
 
-    def __init__(self, conn: AsyncConnection, *, postgres: bool) -> None:
+    On PostgreSQL a write transaction (READ COMMITTED) locks the rows it reads to change:
+    `FOR NO KEY UPDATE`, which still lets other transactions insert rows referencing them
+    (foreign keys take KEY SHARE locks). Rows are locked in key order, pools before rooms,
+    so concurrent writers queue instead of deadlocking. Read transactions lock nothing.
+    SQLite has a single writer and needs no row locks.
+    """
+
+    def __init__(self, conn: AsyncConnection, *, postgres: bool, write: bool = True) -> None:
         self._conn = conn
         self._postgres = postgres
+        self._lock_rows = postgres and write
         # Rooms whose events this transaction appended, with the last sequence: published
         # to listeners only once the commit succeeded.
         self.appended: dict[str, int] = {}
+        self.lifecycle_rooms: set[str] = set()
 
     async def _one(self, stmt: Any) -> Any:
         row = (await self._conn.execute(stmt)).mappings().first()
         return row
 
+    def _locked(self, stmt: Select[Any], **options: Any) -> Select[Any]:
+        """`stmt` locking the rows it reads, where the database needs that (see the class)."""
+        if not self._lock_rows:
+            return stmt
+        return stmt.with_for_update(key_share=True, **options)
+
     async def get_answer(self, subject: str, request_id: str) -> StoredAnswer | None:
+        if self._lock_rows:
+            # A unit of work replaying its request_id first waits for any other one with
+            # the same (subject, request_id) to end, and only then reads (a new snapshot in
+            # READ COMMITTED): so it replays that one's answer instead of doing the work a
+            # second time. SQLite's single writer gives the same order.
+            await self._conn.execute(
+                text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                {"space": _ANSWER_LOCK_SPACE, "key": _lock_key(subject, request_id)},
+            )
         r = await self._one(
             select(idempotency.c.method, idempotency.c.fingerprint, idempotency.c.result).where(
                 idempotency.c.subject == subject, idempotency.c.request_id == request_id
@@ -160,15 +235,15 @@ class SqlTransaction:
 
     async def get_pool(self, pool_id: str, *, for_update: bool = False) -> Pool | None:
         stmt = select(pools).where(pools.c.pool_id == pool_id)
-        if for_update and self._postgres:
-            stmt = stmt.with_for_update()
+        if for_update:
+            stmt = self._locked(stmt)
         r = await self._one(stmt)
         return None if r is None else codec.pool_from_row(r)
 
     async def get_pools(self, pool_ids: Sequence[str], *, for_update: bool = False) -> list[Pool]:
         stmt = select(pools).where(pools.c.pool_id.in_(sorted(pool_ids))).order_by(pools.c.pool_id)
-        if for_update and self._postgres:
-            stmt = stmt.with_for_update()
+        if for_update:
+            stmt = self._locked(stmt)
         rows = (await self._conn.execute(stmt)).mappings().all()
         return [codec.pool_from_row(r) for r in rows]
 
@@ -186,10 +261,22 @@ class SqlTransaction:
             row = codec.pool_to_row(pool)
             row["key_pool_id"] = row.pop("pool_id")
             rows.append(row)
-        values: dict[str, Any] = {n: bindparam(n) for n in rows[0] if n != "key_pool_id"}
-        stmt = update(pools).where(pools.c.pool_id == bindparam("key_pool_id")).values(values)
-        result = await self._conn.execute(stmt, rows)
-        if result.rowcount != len(rows):
+        columns = [n for n in rows[0] if n != "key_pool_id"]
+        if self._postgres:
+            updated = 0
+            for chunk in _chunks(rows, _PG_MAX_PARAMETERS // len(rows[0])):
+                stmt = _update_from_values(
+                    pools, chunk, match={"pool_id": "key_pool_id"}, assign={n: n for n in columns}
+                )
+                updated += len((await self._conn.execute(stmt)).all())
+        else:
+            stmt = (
+                update(pools)
+                .where(pools.c.pool_id == bindparam("key_pool_id"))
+                .values({n: bindparam(n) for n in columns})
+            )
+            updated = (await self._conn.execute(stmt, rows)).rowcount
+        if updated != len(rows):
             raise RuntimeError("a pool vanished during its update")
 
     async def live_pools(self, room_id: str) -> list[Pool]:
@@ -222,8 +309,8 @@ class SqlTransaction:
             )
             .order_by(pools.c.pool_id)
         )
-        if self._postgres:
-            stmt = stmt.with_for_update(skip_locked=True)
+        # Another process's ticker may hold some of them: it announces those.
+        stmt = self._locked(stmt, skip_locked=True)
         rows = (await self._conn.execute(stmt)).mappings().all()
         return [codec.pool_from_row(r) for r in rows]
 
@@ -306,9 +393,10 @@ class SqlTransaction:
         return None if r is None else _coupon_from_row(r)
 
     async def get_coupon_by_code(self, code: str) -> Coupon | None:
-        stmt = self._coupon_query().where(coupons.c.code == code)
-        if self._postgres:
-            stmt = stmt.with_for_update(of=coupons)
+        if "\x00" in code:
+            # No code holds NUL, and PostgreSQL refuses it even as a value to compare.
+            return None
+        stmt = self._locked(self._coupon_query().where(coupons.c.code == code), of=coupons)
         r = await self._one(stmt)
         return None if r is None else _coupon_from_row(r)
 
@@ -385,11 +473,14 @@ class SqlTransaction:
         if not room_ids:
             return
         # The room rows' counters hand out sequence numbers. On PostgreSQL the rows are
-        # locked, so concurrent writers to one room commit their events in sequence order;
-        # SQLite has one writer. The conditional update is the backstop for both.
-        stmt = select(rooms.c.room_id, rooms.c.last_event_seq).where(rooms.c.room_id.in_(room_ids))
-        if self._postgres:
-            stmt = stmt.with_for_update()
+        # locked (in room order), so concurrent writers to one room commit their events in
+        # sequence order; SQLite has one writer. The conditional update is the backstop for
+        # both.
+        stmt = self._locked(
+            select(rooms.c.room_id, rooms.c.last_event_seq)
+            .where(rooms.c.room_id.in_(room_ids))
+            .order_by(rooms.c.room_id)
+        )
         current = {room_id: int(seq) for room_id, seq in await self._conn.execute(stmt)}
         moves: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
@@ -409,22 +500,49 @@ class SqlTransaction:
                 }
                 for i, d in enumerate(drafts)
             )
-        moved = await self._conn.execute(
-            update(rooms)
-            .where(
-                rooms.c.room_id == bindparam("key_room_id"),
-                rooms.c.last_event_seq == bindparam("old_seq"),
-            )
-            .values(last_event_seq=bindparam("new_seq")),
-            moves,
-        )
-        if moved.rowcount != len(moves):
+        if self._postgres:
+            moved = 0
+            for chunk in _chunks(moves, _PG_MAX_PARAMETERS // 3):
+                stmt = _update_from_values(
+                    rooms,
+                    chunk,
+                    match={"room_id": "key_room_id", "last_event_seq": "old_seq"},
+                    assign={"last_event_seq": "new_seq"},
+                )
+                moved += len((await self._conn.execute(stmt)).all())
+        else:
+            moved = (
+                await self._conn.execute(
+                    update(rooms)
+                    .where(
+                        rooms.c.room_id == bindparam("key_room_id"),
+                        rooms.c.last_event_seq == bindparam("old_seq"),
+                    )
+                    .values(last_event_seq=bindparam("new_seq")),
+                    moves,
+                )
+            ).rowcount
+        if moved != len(moves):
             raise Conflict(
                 "a room's events were numbered concurrently; retry", reason="CONCURRENT_CHANGE"
             )
         await self._conn.execute(insert(room_events), rows)
         for move in moves:
             self.appended[str(move["key_room_id"])] = int(move["new_seq"])
+        self.lifecycle_rooms.update(
+            room_id
+            for room_id in room_ids
+            if any(d.kind is not EventKind.STOCK_CHANGED for d in drafts_by_room[room_id])
+        )
+        if self._postgres:
+            # Delivered to every LISTENing process when, and only if, this commits.
+            notes = [
+                pg_notify.payload(r, self.appended[r], r in self.lifecycle_rooms) for r in room_ids
+            ]
+            await self._conn.execute(
+                text("SELECT pg_notify(:channel, note) FROM unnest(CAST(:notes AS text[])) note"),
+                {"channel": pg_notify.CHANNEL, "notes": notes},
+            )
 
     async def events_after(self, room_id: str, after: int, limit: int) -> list[RoomEvent]:
         rows = (
@@ -439,16 +557,34 @@ class SqlTransaction:
             .mappings()
             .all()
         )
-        return [
-            RoomEvent(
-                room_id=r["room_id"],
-                sequence=r["seq"],
-                event_time=codec.from_us(r["created_at_us"]),
-                kind=EventKind(r["kind"]),
-                pool=codec.pool_from_json(r["payload"]),
+        if not rows:
+            return []
+        # The chain that lets a client tell a coalesced stock change from a lost event:
+        # each event names the room's lifecycle event before it.
+        previous = await self._conn.scalar(
+            select(func.max(room_events.c.seq)).where(
+                room_events.c.room_id == room_id,
+                room_events.c.seq <= after,
+                room_events.c.kind != EventKind.STOCK_CHANGED.value,
             )
-            for r in rows
-        ]
+        )
+        previous = int(previous or 0)
+        events: list[RoomEvent] = []
+        for r in rows:
+            kind = EventKind(r["kind"])
+            events.append(
+                RoomEvent(
+                    room_id=r["room_id"],
+                    sequence=r["seq"],
+                    event_time=codec.from_us(r["created_at_us"]),
+                    kind=kind,
+                    pool=codec.pool_from_json(r["payload"]),
+                    previous_lifecycle=previous,
+                )
+            )
+            if kind is not EventKind.STOCK_CHANGED:
+                previous = r["seq"]
+        return events
 
     async def event_bounds(self, room_id: str) -> EventBounds | None:
         r = await self._one(
@@ -457,6 +593,40 @@ class SqlTransaction:
             )
         )
         return None if r is None else EventBounds(r["first_retained_seq"], r["last_event_seq"])
+
+    async def prune_events(self, older_than: datetime) -> int:
+        """Delete events committed before `older_than` and move the rooms' first retained.
+
+        Only rooms that had old events are touched, locked in room order on PostgreSQL like
+        every writer locks them, so pruning neither deadlocks with nor stalls the others.
+        """
+        at = codec.to_us(older_than)
+        old = room_events.c.created_at_us < at
+        touched = await self._conn.execute(select(room_events.c.room_id).where(old).distinct())
+        removed = 0
+        for chunk in _chunks(sorted(touched.scalars())):
+            await self._conn.execute(
+                self._locked(
+                    select(rooms.c.room_id)
+                    .where(rooms.c.room_id.in_(chunk))
+                    .order_by(rooms.c.room_id)
+                )
+            )
+            result = await self._conn.execute(
+                delete(room_events).where(room_events.c.room_id.in_(chunk), old)
+            )
+            removed += int(result.rowcount or 0)
+            oldest = (
+                select(func.min(room_events.c.seq))
+                .where(room_events.c.room_id == rooms.c.room_id)
+                .scalar_subquery()
+            )
+            await self._conn.execute(
+                update(rooms)
+                .where(rooms.c.room_id.in_(chunk))
+                .values(first_retained_seq=func.coalesce(oldest, rooms.c.last_event_seq + 1))
+            )
+        return removed
 
 
 class SqlStore:
@@ -474,16 +644,43 @@ class SqlStore:
         # SQLite has one writer at a time: queue writers here instead of on SQLITE_BUSY.
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
         self._listeners: list[CommitListener] = []
+        self._resync_listeners: list[Callable[[], None]] = []
+        self._notifications: pg_notify.NotificationListener | None = None
 
     async def start(self) -> None:
         async with self.engine.begin() as conn:
+            if self._postgres:
+                # Processes starting at once on one database migrate one after the other
+                # (the lock is held until this transaction ends).
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                )
             await conn.run_sync(upgrade_to_head)
+        if self._postgres:
+            self._notifications = pg_notify.NotificationListener(
+                pg_notify.libpq_dsn(self.url), self._heard, self._resync
+            )
+            await self._notifications.start()
 
     async def close(self) -> None:
+        if self._notifications is not None:
+            await self._notifications.close()
+            self._notifications = None
         await self.engine.dispose()
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
+
+    def add_resync_listener(self, listener: Callable[[], None]) -> None:
+        self._resync_listeners.append(listener)
+
+    def _heard(self, room_id: str, sequence: int, lifecycle: bool) -> None:
+        for listener in self._listeners:
+            listener(room_id, sequence, lifecycle)
+
+    def _resync(self) -> None:
+        for listener in self._resync_listeners:
+            listener()
 
     @asynccontextmanager
     async def transaction(self, *, write: bool) -> AsyncIterator[SqlTransaction]:
@@ -497,45 +694,80 @@ class SqlStore:
     @asynccontextmanager
     async def _begin(self, write: bool) -> AsyncIterator[SqlTransaction]:
         try:
-            async with self.engine.connect() as conn:
-                if self._postgres and not write:
-                    # One snapshot for every read of the unit of work.
-                    conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-                async with conn.begin():
-                    tx = SqlTransaction(conn, postgres=self._postgres)
-                    yield tx
+            async with self._connect(write) as conn, conn.begin():
+                tx = SqlTransaction(conn, postgres=self._postgres, write=write)
+                yield tx
         except IntegrityError as exc:
             # A constraint refused the write: a concurrent change got there first. Nothing
             # was committed, so the caller may retry with the same request_id.
             log.warning("transaction refused by a constraint: %s", exc.orig)
             raise Conflict("a concurrent change won; retry", reason="CONCURRENT_CHANGE") from exc
         except DBAPIError as exc:
+            unavailable = _as_unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+        for room_id, seq in tx.appended.items():
+            lifecycle = room_id in tx.lifecycle_rooms
+            for listener in self._listeners:
+                listener(room_id, seq, lifecycle)
+
+    @asynccontextmanager
+    async def _connect(self, write: bool) -> AsyncIterator[AsyncConnection]:
+        try:
+            conn = await self.engine.connect()
+        except (OSError, TimeoutError, sa_exc.TimeoutError) as exc:
+            # asyncpg raises OSError (refused, unreachable) or TimeoutError when it cannot
+            # connect, unwrapped; SQLAlchemy's pool raises its TimeoutError when every
+            # connection stayed busy for pool_timeout. DBAPIErrors are mapped by _begin.
             log.error("database unavailable: %s", exc)
             raise Unavailable(
                 "the database is unavailable; retry", reason="STORE_UNAVAILABLE"
             ) from exc
-        for room_id, seq in tx.appended.items():
-            for listener in self._listeners:
-                listener(room_id, seq)
+        try:
+            if self._postgres and not write:
+                # One snapshot for every read of the unit of work.
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            yield conn
+        finally:
+            await conn.close()
 
     async def prune_events(self, older_than: datetime) -> int:
         async with self.transaction(write=True) as tx:
-            conn = tx._conn
-            result = await conn.execute(
-                delete(room_events).where(room_events.c.created_at_us < codec.to_us(older_than))
-            )
-            if result.rowcount:
-                oldest = (
-                    select(func.min(room_events.c.seq))
-                    .where(room_events.c.room_id == rooms.c.room_id)
-                    .scalar_subquery()
-                )
-                await conn.execute(
-                    update(rooms).values(
-                        first_retained_seq=func.coalesce(oldest, rooms.c.last_event_seq + 1)
-                    )
-                )
-            return int(result.rowcount or 0)
+            return await tx.prune_events(older_than)
+
+
+_MIGRATION_LOCK_KEY = 0x6C69_7665_7265_73  # PostgreSQL advisory lock held while migrating
+_ANSWER_LOCK_SPACE = 0x6C72_6964  # advisory locks (space, key) of request ids ("lrid")
+
+
+def _lock_key(subject: str, request_id: str) -> int:
+    """A request id's advisory lock key: a signed 32-bit hash (a collision only waits)."""
+    digest = hashlib.blake2b(f"{subject}\n{request_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+# PostgreSQL SQLSTATEs of a transaction that lost to a concurrent one: it rolled back and
+# the same unit of work, run again, can succeed. The store cannot rerun its caller's unit
+# of work, so it reports them as Unavailable (retryable, with the same request_id).
+_LOST_RACE = {"40001": "serialization failure", "40P01": "deadlock detected"}
+# SQLSTATE classes that are bugs, not outages: data exceptions (a value the column cannot
+# hold) and syntax or access errors. Retrying cannot help, so they are not Unavailable.
+_BUG_CLASSES = ("22", "42")
+
+
+def _as_unavailable(exc: DBAPIError) -> Unavailable | None:
+    """The Unavailable a database error means, or None if it is a bug (raised as is)."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)  # PostgreSQL's; SQLite has none
+    if sqlstate in _LOST_RACE:
+        log.warning("transaction rolled back, %s: %s", _LOST_RACE[sqlstate], exc.orig)
+        return Unavailable(
+            "the transaction lost to a concurrent one; retry", reason="STORE_CONTENTION"
+        )
+    if sqlstate is not None and sqlstate[:2] in _BUG_CLASSES:
+        return None
+    log.error("database unavailable: %s", exc)
+    return Unavailable("the database is unavailable; retry", reason="STORE_UNAVAILABLE")
 
 
 def _ensure_sqlite_folder(url: str) -> None:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 
+from server.domain.errors import DomainError
 from server.domain.models import EventKind, RoomEvent
 from server.service.shielding import finish_even_if_cancelled
 from server.store.interface import Store
+
+log = logging.getLogger(__name__)
 
 _FETCH_LIMIT = 500
 
@@ -170,12 +174,32 @@ class FeedRegistry:
         self._stock_interval = stock_interval
         self._feeds: dict[str, RoomFeed] = {}
         self.closed = False
+        self._resyncs: set[asyncio.Task[None]] = set()
         store.add_commit_listener(self._on_commit)
+        store.add_resync_listener(self._on_resync)
 
     def _on_commit(self, room_id: str, sequence: int, lifecycle: bool) -> None:
         feed = self._feeds.get(room_id)
         if feed is not None:
             feed.notify(sequence, lifecycle)
+
+    def _on_resync(self) -> None:
+        # Commit notifications may have been missed: re-read where each watched room is.
+        task = asyncio.ensure_future(self._resync())
+        self._resyncs.add(task)
+        task.add_done_callback(self._resyncs.discard)
+
+    async def _resync(self) -> None:
+        for room_id in list(self._feeds):
+            try:
+                async with self._store.transaction(write=False) as tx:
+                    bounds = await tx.event_bounds(room_id)
+            except DomainError:
+                log.warning("could not re-read room %s after a missed notification", room_id)
+                continue
+            feed = self._feeds.get(room_id)
+            if feed is not None and bounds is not None:
+                feed.notify(bounds.last)
 
     def join(self, room_id: str, known_last: int) -> RoomFeed:
         """The room's feed, counting one more subscriber."""

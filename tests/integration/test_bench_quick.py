@@ -21,6 +21,8 @@ KEYS = (
 )
 
 
+# SQLite only: the benchmark starts its own servers on the default store, and what it checks
+# (oversold, duplicate grants, burst cancellations) runs on PostgreSQL in test_grab_path.
 def test_quick_bench_runs_every_scenario_and_its_gate_passes() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
     env["BENCH_QUICK"] = "1"

@@ -1,5 +1,6 @@
 """The server as its own process: SIGTERM drains and ends streams, state survives a restart,
-and a subscription resumes on the new process without gap or duplicate."""
+and a subscription resumes on the new process without gap or duplicate (on SQLite and on
+PostgreSQL, through the `backend` parameter)."""
 
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m server` on a fixed loopback port and data folder."""
+    """`python -m server` on a fixed loopback port and data folder (and database, if given)."""
 
-    def __init__(self, data_dir: Path, port: int) -> None:
+    def __init__(self, data_dir: Path, port: int, *, database_url: str = "") -> None:
         self.data_dir = data_dir
         self.port = port
+        self.database_url = database_url
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra_args: list[str] = []
         # A file, not a pipe: nobody reads a pipe while the server runs, and a full pipe
@@ -60,6 +62,7 @@ class ServerProcess:
                 str(self.port),
                 "--data-dir",
                 str(self.data_dir),
+                *(["--database-url", self.database_url] if self.database_url else []),
                 "--heartbeat-seconds",
                 "0.5",
                 "--shutdown-grace-seconds",
@@ -112,8 +115,10 @@ class ServerProcess:
 
 
 @pytest.fixture
-def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data", free_port())
+def server_process(tmp_path: Path, backend: str, database_url: str) -> Iterator[ServerProcess]:
+    # On SQLite the server uses its default, the file in its data folder, as `make run` does.
+    url = database_url if backend == "postgres" else ""
+    proc = ServerProcess(tmp_path / "data", free_port(), database_url=url)
     yield proc
     proc.kill()
 

@@ -30,6 +30,8 @@ def readme_script() -> str:
 def readme_server(tmp_path: Path) -> ServerProcess:
     # The server and the commands share one folder, as `make run` and a terminal in the
     # repository do: the CLI finds the server's development key in ./data.
+    # SQLite only: the README walks through `make run`, the embedded SQLite store; the
+    # same calls run on PostgreSQL in the integration suite (the `backend` parameter).
     proc = ServerProcess(tmp_path / "data", free_port())
     return proc
 

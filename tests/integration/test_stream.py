@@ -157,9 +157,9 @@ async def test_idle_stream_gets_heartbeats_with_server_time(
 
 
 @pytest.fixture
-async def clock_server(tmp_path: Path) -> AsyncIterator[ServerHandle]:
+async def clock_server(tmp_path: Path, database_url: str) -> AsyncIterator[ServerHandle]:
     """A server of its own, so moving its clock affects no other test."""
-    handle = await launch(tmp_path)
+    handle = await launch(tmp_path, database_url=database_url)
     yield handle
     await handle.running.stop(1.0)
 

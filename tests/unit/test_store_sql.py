@@ -1,16 +1,20 @@
-"""SqlStore on a real SQLite file: migrations, round trips, the outbox and the constraints."""
+"""SqlStore on a real database, SQLite and PostgreSQL alike (the `backend` parameter):
+migrations, round trips, the outbox, the constraints and how database errors are reported."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from server.domain.errors import Conflict
@@ -39,18 +43,9 @@ HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 NOW = datetime(2030, 5, 1, 12, 0, 0, 123_456, tzinfo=UTC)
 
 
-def db_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
-
-
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "t.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SqlStore]:
-    s = SqlStore(db_url(db_path))
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    s = SqlStore(database_url)
     await s.start()
     try:
         yield s
@@ -172,11 +167,11 @@ _INSERT_REDEMPTION = (
 
 
 async def test_migrations_run_twice_without_error_and_keep_the_data(
-    store: SqlStore, db_path: Path
+    store: SqlStore, database_url: str
 ) -> None:
     await seed(store)
     await store.start()  # the same store again
-    second = SqlStore(db_url(db_path))  # and a fresh process on the same file
+    second = SqlStore(database_url)  # and a fresh process on the same database
     try:
         await second.start()
         async with second.transaction(write=False) as tx:
@@ -188,9 +183,17 @@ async def test_migrations_run_twice_without_error_and_keep_the_data(
 
 
 async def test_migrations_create_every_table(store: SqlStore) -> None:
-    rows = await raw_rows(store, "SELECT name FROM sqlite_master WHERE type = 'table'")
-    names = {r[0] for r in rows}
-    assert {"rooms", "pools", "coupons", "redemptions", "room_events", "idempotency"} <= names
+    async with store.engine.connect() as conn:
+        names = set(await conn.run_sync(lambda sync: inspect(sync).get_table_names()))
+    assert names == {
+        "alembic_version",
+        "rooms",
+        "pools",
+        "coupons",
+        "redemptions",
+        "room_events",
+        "idempotency",
+    }
 
 
 # --- round trips ------------------------------------------------------------------------
@@ -231,6 +234,43 @@ async def test_pool_round_trips_through_insert_and_get(store: SqlStore, pool: Po
     async with store.transaction(write=False) as tx:
         assert await tx.get_pool(pool.pool_id) == pool
         assert await tx.get_pool("pool-unknown") is None
+
+
+async def test_update_pools_writes_each_pool_its_own_values(store: SqlStore) -> None:
+    await seed(store, "room-1", "room-2", "room-3")
+    later = NOW + timedelta(minutes=5)
+    one = make_pool(remaining_quantity=7, granted_quantity=3, version=2, updated_at=later)
+    two = make_pool(
+        "pool-room-2",
+        "room-2",
+        total_quantity=4,
+        remaining_quantity=0,
+        granted_quantity=4,
+        withdrawn_quantity=6,
+        claim_end=None,
+        validity=Validity(valid_until=NOW + timedelta(days=1)),
+        closed_at=later,
+        close_reason=CloseReason.STOPPED,
+        announced_state=PoolState.CLOSED,
+        version=5,
+        updated_at=later,
+    )
+    async with store.transaction(write=True) as tx:
+        await tx.update_pools([one])  # columns of NULLs only (closed_at, valid_until)
+    async with store.transaction(write=True) as tx:
+        await tx.update_pools([two, one])  # NULLs beside values
+    async with store.transaction(write=False) as tx:
+        assert await tx.get_pools(["pool-1", "pool-room-2", "pool-room-3"]) == [
+            one,
+            two,
+            make_pool("pool-room-3", "room-3"),  # untouched
+        ]
+    # A pool that is not there is not silently skipped.
+    with pytest.raises(RuntimeError, match="vanished"):
+        async with store.transaction(write=True) as tx:
+            await tx.update_pools([one.with_changes(version=3), make_pool("pool-unknown")])
+    async with store.transaction(write=False) as tx:
+        assert await tx.get_pool("pool-1") == one
 
 
 async def test_coupon_round_trips_with_its_pool_terms(store: SqlStore) -> None:
@@ -285,19 +325,36 @@ async def test_append_events_numbers_each_room_contiguously_from_one(store: SqlS
         assert await tx.event_bounds("room-unknown") is None
 
 
+def committed_last_seq(database_url: str, room_id: str) -> int:
+    """The room's last committed event, read at once (blocking) through a new connection."""
+    sql = "SELECT COALESCE(MAX(seq), 0) FROM room_events WHERE room_id = "
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        assert url.database is not None
+        with sqlite3.connect(url.database) as conn:
+            return int(conn.execute(sql + "?", (room_id,)).fetchone()[0])
+
+    async def read() -> int:
+        conn = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+        try:
+            return int(await conn.fetchval(sql + "$1", room_id))
+        finally:
+            await conn.close()
+
+    # The listener is synchronous: read on an event loop of another thread and wait for it.
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, read()).result(timeout=10)
+
+
 async def test_listeners_hear_the_last_sequence_only_after_commit(
-    store: SqlStore, db_path: Path
+    store: SqlStore, database_url: str
 ) -> None:
     await seed(store, "room-1", "room-2")
     heard: list[tuple[str, int, int]] = []
 
-    def listener(room_id: str, last_seq: int) -> None:
+    def listener(room_id: str, last_seq: int, lifecycle: bool) -> None:
         # Read through an independent connection: only committed rows are visible there.
-        with sqlite3.connect(db_path) as conn:
-            (committed,) = conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM room_events WHERE room_id = ?", (room_id,)
-            ).fetchone()
-        heard.append((room_id, last_seq, committed))
+        heard.append((room_id, last_seq, committed_last_seq(database_url, room_id)))
 
     store.add_commit_listener(listener)
     pool = make_pool()
@@ -313,7 +370,7 @@ async def test_listeners_hear_the_last_sequence_only_after_commit(
 
 async def test_listeners_are_not_told_of_a_transaction_without_events(store: SqlStore) -> None:
     heard: list[tuple[str, int]] = []
-    store.add_commit_listener(lambda room_id, seq: heard.append((room_id, seq)))
+    store.add_commit_listener(lambda room_id, seq, _lifecycle: heard.append((room_id, seq)))
     await seed(store)
     async with store.transaction(write=True) as tx:
         await tx.append_events("room-1", [], NOW)
@@ -326,7 +383,7 @@ async def test_an_exception_in_a_write_transaction_rolls_back_everything(
     async with store.transaction(write=True) as tx:
         await tx.insert_room(make_room())
     heard: list[tuple[str, int]] = []
-    store.add_commit_listener(lambda room_id, seq: heard.append((room_id, seq)))
+    store.add_commit_listener(lambda room_id, seq, _lifecycle: heard.append((room_id, seq)))
 
     class Boom(Exception):
         pass
@@ -357,7 +414,7 @@ async def test_a_constraint_refusal_in_a_transaction_is_a_conflict_and_rolls_bac
 ) -> None:
     await seed(store)
     heard: list[tuple[str, int]] = []
-    store.add_commit_listener(lambda room_id, seq: heard.append((room_id, seq)))
+    store.add_commit_listener(lambda room_id, seq, _lifecycle: heard.append((room_id, seq)))
     with pytest.raises(Conflict):
         async with store.transaction(write=True) as tx:
             await tx.append_events(
@@ -392,6 +449,12 @@ async def test_a_second_live_redemption_in_a_transaction_is_a_conflict(store: Sq
 
 
 # --- constraints enforced by the database itself ----------------------------------------
+
+
+def refusal(store: SqlStore, *, sqlite: str, postgres: str) -> str:
+    """The pattern of a unique-constraint refusal: SQLite names the columns, PostgreSQL the
+    constraint (check constraints are named by both)."""
+    return sqlite if store.engine.dialect.name == "sqlite" else postgres
 
 
 async def test_database_refuses_negative_remaining_quantity(store: SqlStore) -> None:
@@ -459,7 +522,12 @@ async def test_database_refuses_two_coupons_in_one_viewer_slot_of_a_pool(store: 
     await seed(store)
     await raw_coupon(store, "coupon-1", slot=1)
     with pytest.raises(
-        IntegrityError, match=r"coupons\.pool_id, coupons\.viewer_id, coupons\.slot"
+        IntegrityError,
+        match=refusal(
+            store,
+            sqlite=r"UNIQUE .* coupons\.pool_id, coupons\.viewer_id, coupons\.slot",
+            postgres=r"unique constraint \"uq_coupons_viewer_slot\"",
+        ),
     ):
         await raw_coupon(store, "coupon-2", slot=1)
 
@@ -467,7 +535,14 @@ async def test_database_refuses_two_coupons_in_one_viewer_slot_of_a_pool(store: 
 async def test_database_refuses_one_request_id_twice_for_a_viewer(store: SqlStore) -> None:
     await seed(store)
     await raw_coupon(store, "coupon-1", request_id="req-1", slot=1)
-    with pytest.raises(IntegrityError, match=r"coupons\.viewer_id, coupons\.request_id"):
+    with pytest.raises(
+        IntegrityError,
+        match=refusal(
+            store,
+            sqlite=r"UNIQUE .* coupons\.viewer_id, coupons\.request_id",
+            postgres=r"unique constraint \"uq_coupons_request\"",
+        ),
+    ):
         await raw_coupon(store, "coupon-2", request_id="req-1", slot=2)
     # Another viewer may use the same request id.
     await raw_coupon(store, "coupon-3", viewer_id="viewer-2", request_id="req-1", slot=1)
@@ -477,13 +552,18 @@ async def test_database_allows_one_live_redemption_per_coupon(store: SqlStore) -
     await seed(store)
     await raw_coupon(store, "coupon-1")
     await raw(store, _INSERT_REDEMPTION, order_id="order-1", coupon_id="coupon-1")
-    with pytest.raises(IntegrityError, match=r"redemptions\.coupon_id"):
+    second_live = refusal(
+        store,
+        sqlite=r"UNIQUE .* redemptions\.coupon_id",
+        postgres=r"unique constraint \"uq_redemptions_live_coupon\"",
+    )
+    with pytest.raises(IntegrityError, match=second_live):
         await raw(store, _INSERT_REDEMPTION, order_id="order-2", coupon_id="coupon-1")
     # Once the first order released the coupon it may be redeemed again.
     await raw(store, "UPDATE redemptions SET released_at_us = 5 WHERE order_id = 'order-1'")
     await raw(store, _INSERT_REDEMPTION, order_id="order-2", coupon_id="coupon-1")
     # ...but only once more.
-    with pytest.raises(IntegrityError, match=r"redemptions\.coupon_id"):
+    with pytest.raises(IntegrityError, match=second_live):
         await raw(store, _INSERT_REDEMPTION, order_id="order-3", coupon_id="coupon-1")
 
 
