@@ -50,7 +50,7 @@ class Provisioner:
                 svc.ConfigureResourcesRequest(
                     request_id=str(uuid.uuid4()),
                     room_id=room_id,
-                    create_pool=_create_pool(room_id, total),
+                    create_pool=create_pool_message(room_id, total),
                 ),
                 metadata=self._streamer,
                 timeout=60,
@@ -73,7 +73,7 @@ def _room(room_id: str) -> res.Room:
     )
 
 
-def _create_pool(room_id: str, total: int) -> svc.CreatePool:
+def create_pool_message(room_id: str, total: int) -> svc.CreatePool:
     return svc.CreatePool(
         title="Bench coupon",
         terms=res.CouponTerms(

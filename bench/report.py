@@ -12,6 +12,7 @@ from bench.gate import GateResult
 from bench.scenarios import ORDER, ScenarioRun
 from bench.sizes import Sizes
 from bench.stats import median
+from bench.subscribe import SubscribeResult
 
 RATIOS = {
     "hot_vs_noop": ("hot", "noop"),
@@ -44,7 +45,12 @@ def progress_line(round_no: int, rounds: int, run: ScenarioRun) -> str:
 
 
 def summarise(
-    runs: Sequence[ScenarioRun], rounds: int, sizes: Sizes, wall_s: float, warmup: GateResult
+    runs: Sequence[ScenarioRun],
+    rounds: int,
+    sizes: Sizes,
+    wall_s: float,
+    warmup: GateResult,
+    subscribed: SubscribeResult,
 ) -> tuple[str, dict[str, Any]]:
     """The table (text) and the summary object."""
     by_name: dict[str, list[ScenarioRun]] = {name: [] for name in ORDER}
@@ -78,14 +84,16 @@ def summarise(
         "burst_cancelled": scenarios["burst"]["statuses"].get("CANCELLED", 0),
         "oversold": overall.oversold,
         "duplicate_grants": overall.duplicate_grants,
-        "gate_ok": overall.ok,
-        "gate_failures": overall.failures[:20],
+        **subscribed.summary(),
+        "gate_ok": overall.ok and subscribed.ok,
+        "gate_failures": [*overall.failures[:20], *subscribed.failures[:5]],
         "rounds": rounds,
         "rounds_planned": sizes.rounds,
         "quick": sizes.quick,
         "wall_s": round(wall_s, 1),
         "sizes": dataclasses.asdict(sizes),
         "scenarios": scenarios,
+        "subscribe": dataclasses.asdict(subscribed),
     }
     return _table(scenarios, summary), summary
 
@@ -115,6 +123,15 @@ def _table(scenarios: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any
             f"{'ok' if s['gate_ok'] else 'FAIL':<4}  {counts(s['statuses'])} / "
             f"{counts(s['outcomes'])}"
         )
+    sub = summary["subscribe"]
+    lines.append(
+        f"subscribe: {sub['subscribers']} of {sub['subscribers_target']} streams held "
+        f"(subscribed in {sub['subscribe_s']}s), {sub['rss_per_subscriber_kb']} KB RSS each, "
+        f"fan-out p50 {sub['fanout_p50_ms']} ms p99 {sub['fanout_p99_ms']} ms, "
+        f"{sub['events_delivered']} events delivered ({sub['events_in_store']} in the store), "
+        f"lost {sub['events_lost']} dup {sub['events_duplicated']} "
+        f"out-of-order {sub['events_out_of_order']} lagging snapshots {sub['snapshots_lagging']}"
+    )
     lines.append("")
     lines.append(
         "  ".join(

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bench import report
+from bench import report, subscribe
 from bench.gate import GateResult
 from bench.loadgen import LoadGenerator
 from bench.provision import Provisioner
@@ -43,6 +43,11 @@ def main() -> int:
         for server in (batched, naive):
             if (status := server.stop()) != 0:
                 _log(f"{server.name} server exited with {status}:\n{server.log_tail()}")
+        _log(f"subscribe: {sizes.subscribers} room streams, {sizes.subscribe_grabs} grabs")
+        subscribed = subscribe.run(
+            work, token_key, sizes.subscribers, sizes.subscribe_grabs, sizes.load_processes
+        )
+        _log(f"subscribe: {subscribed.summary()} gate {'ok' if subscribed.ok else 'FAIL'}")
         aborted = False
     except KeyboardInterrupt:
         _log("interrupted: stopping the servers and the load processes")
@@ -62,7 +67,9 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             _log(f"kept {work}")
-    table, summary = report.summarise(runs, rounds, sizes, time.perf_counter() - started, warmup)
+    table, summary = report.summarise(
+        runs, rounds, sizes, time.perf_counter() - started, warmup, subscribed
+    )
     print(table)
     print(report.json_line(summary), flush=True)
     return 0
@@ -94,7 +101,8 @@ def _rounds(
         longest = 0.0
         for round_no in range(1, sizes.rounds + 1):
             elapsed = time.perf_counter() - started
-            if round_no > 1 and elapsed + 1.2 * longest + SHUTDOWN_S > sizes.budget_s:
+            budget = sizes.budget_s - sizes.subscribe_reserve_s
+            if round_no > 1 and elapsed + 1.2 * longest + SHUTDOWN_S > budget:
                 _log(f"stopping after {round_no - 1} round(s): the time budget is spent")
                 return runs, warmup, round_no - 1
             round_start = time.perf_counter()

@@ -22,6 +22,11 @@ class Sizes:
     spread_per_pool: int
     burst_calls: int
     warmup_calls: int
+    subscribers: int = 10_000
+    """Room streams of the `subscribe` scenario (run once, after the rounds)."""
+    subscribe_grabs: int = 300
+    subscribe_reserve_s: float = 45.0
+    """Seconds of the budget kept for the `subscribe` scenario."""
     load_processes: int = 2
     channels_per_process: int = 4
     call_timeout_s: float = 120.0
@@ -54,6 +59,9 @@ QUICK = Sizes(
     spread_per_pool=20,
     burst_calls=300,
     warmup_calls=200,
+    subscribers=200,
+    subscribe_grabs=100,
+    subscribe_reserve_s=0.0,
     call_timeout_s=30.0,
 )
 

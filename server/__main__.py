@@ -32,7 +32,10 @@ def dump_tasks() -> None:
     out = io.StringIO()
     for task in asyncio.all_tasks():
         print(f"--- {task.get_name()}: {task.get_coro()!r}", file=out)
-        task.print_stack(limit=12, file=out)
+        try:
+            task.print_stack(limit=12, file=out)
+        except Exception as exc:  # a frame without a line number must not end the dump
+            print(f"    (stack unavailable: {exc!r})", file=out)
     logging.getLogger("liveresource").warning("asyncio tasks:\n%s", out.getvalue())
 
 

@@ -19,7 +19,7 @@ from server.domain.validation import check_id
 from server.service.context import ServiceContext
 from server.service.shielding import finish_even_if_cancelled
 from server.store.interface import EventBounds
-from server.streaming.feed import FeedRegistry
+from server.streaming.feed import FeedRegistry, RoomFeed
 
 
 async def _read_snapshot(
@@ -34,8 +34,11 @@ async def _read_bounds(ctx: ServiceContext, room_id: str) -> EventBounds | None:
         return await tx.event_bounds(room_id)
 
 
-async def _snapshot(ctx: ServiceContext, room_id: str, reason: SnapshotReason) -> SnapshotMessage:
-    pools, bounds = await finish_even_if_cancelled(_read_snapshot(ctx, room_id))
+async def _snapshot(ctx: ServiceContext, feed: RoomFeed, reason: SnapshotReason) -> SnapshotMessage:
+    room_id = feed.room_id
+    pools, bounds = await feed.snapshot_state(
+        lambda: finish_even_if_cancelled(_read_snapshot(ctx, room_id))
+    )
     if bounds is None:
         raise NotFound("room", room_id)
     now = ctx.clock()
@@ -66,18 +69,25 @@ async def subscribe(
         out.append(FieldViolation("resume_after_sequence", "must not be negative"))
     if out:
         raise InvalidArgument(out)
-    bounds = await finish_even_if_cancelled(_read_bounds(ctx, room_id))
-    if bounds is None:
-        raise NotFound("room", room_id)
-    feed = feeds.join(room_id, bounds.last)
+    known = feeds.get(room_id)
+    if known is not None and resume_after == 0:
+        # The room has subscribers here, so it exists: a crowd joining costs no store read.
+        feed = feeds.join(room_id, known.known_last)
+        bounds = EventBounds(0, known.known_last)
+    else:
+        read = await finish_even_if_cancelled(_read_bounds(ctx, room_id))
+        if read is None:
+            raise NotFound("room", room_id)
+        bounds = read
+        feed = feeds.join(room_id, bounds.last)
     try:
         if resume_after == 0 or resume_after > bounds.last:
             reason = SnapshotReason.INITIAL if resume_after == 0 else SnapshotReason.RESUME_UNKNOWN
-            snap = await _snapshot(ctx, room_id, reason)
+            snap = await _snapshot(ctx, feed, reason)
             yield snap
             cursor = snap.snapshot.sequence
         elif resume_after < bounds.first_retained - 1:
-            snap = await _snapshot(ctx, room_id, SnapshotReason.RESUME_TOO_OLD)
+            snap = await _snapshot(ctx, feed, SnapshotReason.RESUME_TOO_OLD)
             yield snap
             cursor = snap.snapshot.sequence
         else:
@@ -87,7 +97,7 @@ async def subscribe(
         live = False
         while not feeds.closed:
             if live and feed.behind(cursor, max_lag_events):
-                snap = await _snapshot(ctx, room_id, SnapshotReason.LAGGING)
+                snap = await _snapshot(ctx, feed, SnapshotReason.LAGGING)
                 yield snap
                 cursor = snap.snapshot.sequence
                 continue
@@ -105,7 +115,7 @@ async def subscribe(
                 continue
             if published > cursor:
                 # Committed events we cannot read were pruned while we lagged: resync.
-                snap = await _snapshot(ctx, room_id, SnapshotReason.RESUME_TOO_OLD)
+                snap = await _snapshot(ctx, feed, SnapshotReason.RESUME_TOO_OLD)
                 yield snap
                 cursor = snap.snapshot.sequence
                 continue

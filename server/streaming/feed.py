@@ -12,13 +12,21 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 from server.domain.errors import DomainError
-from server.domain.models import EventKind, RoomEvent
+from server.domain.models import EventKind, Pool, RoomEvent
 from server.service.shielding import finish_even_if_cancelled
-from server.store.interface import Store
+from server.store.interface import EventBounds, Store
 
 log = logging.getLogger(__name__)
+
+SnapshotState = tuple[list[Pool], EventBounds | None]
+SnapshotLoader = Callable[[], Awaitable[SnapshotState]]
+SNAPSHOT_REUSE_S = 1.0
+FANOUT_COST_S = 40e-6
+"""Per subscriber, what publishing a stock tick may cost: 10,000 subscribers get at most
+one stock tick every 0.4 s (lifecycle events are never delayed)."""
 
 _FETCH_LIMIT = 500
 
@@ -64,6 +72,8 @@ class RoomFeed:
         self._timer: asyncio.TimerHandle | None = None
         # Coalesced batches by cursor, for the current `published`: one per room, not per stream.
         self._batches: dict[int, list[RoomEvent]] = {}
+        self._snapshot: tuple[int, float, SnapshotState] | None = None
+        self._snapshot_loading: asyncio.Future[SnapshotState] | None = None
         self.subscribers = 0
 
     def notify(self, sequence: int, lifecycle: bool = True) -> None:
@@ -77,7 +87,10 @@ class RoomFeed:
         if self._timer is not None:
             return
         loop = asyncio.get_running_loop()
-        due = self._last_publish + self._stock_interval
+        # A crowded room stretches the interval: each publish costs a write per stream, and
+        # stock ticks must not crowd out the grabs that cause them.
+        interval = max(self._stock_interval, self.subscribers * FANOUT_COST_S)
+        due = self._last_publish + interval
         if loop.time() >= due:
             self._publish()
         else:
@@ -120,8 +133,38 @@ class RoomFeed:
             self._batches[cursor] = events
         return events
 
+    async def snapshot_state(self, load: SnapshotLoader) -> SnapshotState:
+        """The room's live pools and event bounds, read once for every subscriber that asks
+        while nothing new was committed (and for at most SNAPSHOT_REUSE_S): a crowd joining
+        a room costs one store read, not one per viewer."""
+        now = asyncio.get_running_loop().time()
+        cached = self._snapshot
+        if (
+            cached is not None
+            and cached[0] >= self.known_last
+            and now - cached[1] < (SNAPSHOT_REUSE_S)
+        ):
+            return cached[2]
+        if self._snapshot_loading is None:
+            loading = asyncio.ensure_future(load())
+            self._snapshot_loading = loading
+            loading.add_done_callback(self._snapshot_loaded)
+        return await asyncio.shield(self._snapshot_loading)
+
+    def _snapshot_loaded(self, loading: asyncio.Future[SnapshotState]) -> None:
+        self._snapshot_loading = None
+        if loading.cancelled() or loading.exception() is not None:
+            return
+        state = loading.result()
+        bounds = state[1]
+        if bounds is not None:
+            loop_time = asyncio.get_running_loop().time()
+            self._snapshot = (bounds.last, loop_time, state)
+
     async def read_after(self, cursor: int) -> list[RoomEvent]:
         """Committed events after `cursor`, in order (a batch; call again for more)."""
+        if cursor >= self.known_last:
+            return []  # every commit notifies the feed: nothing newer exists yet
         cached = self._cached_after(cursor)
         if cached is not None:
             return cached
@@ -200,6 +243,10 @@ class FeedRegistry:
             feed = self._feeds.get(room_id)
             if feed is not None and bounds is not None:
                 feed.notify(bounds.last)
+
+    def get(self, room_id: str) -> RoomFeed | None:
+        """The room's feed if it has subscribers in this process."""
+        return self._feeds.get(room_id)
 
     def join(self, room_id: str, known_last: int) -> RoomFeed:
         """The room's feed, counting one more subscriber."""

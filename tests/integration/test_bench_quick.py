@@ -18,6 +18,12 @@ KEYS = (
     "oversold",
     "duplicate_grants",
     "gate_ok",
+    "subscribers",
+    "rss_per_subscriber_kb",
+    "fanout_p99_ms",
+    "events_lost",
+    "events_duplicated",
+    "events_out_of_order",
 )
 
 
@@ -45,6 +51,11 @@ def test_quick_bench_runs_every_scenario_and_its_gate_passes() -> None:
     assert summary["oversold"] == 0
     assert summary["duplicate_grants"] == 0
     assert summary["burst_cancelled"] == 0
+    sub = summary["subscribe"]
+    assert summary["subscribers"] == sub["subscribers_target"] > 0
+    assert summary["events_lost"] == summary["events_duplicated"] == 0
+    assert summary["events_out_of_order"] == 0
+    assert sub["events_delivered"] >= sub["subscribers_target"], "every stream got events"
     for name in ("noop", "hot", "soldout", "spread", "naive", "burst"):
         assert summary["scenarios"][name]["calls"] > 0, name
     # The readable table comes before the JSON line.
