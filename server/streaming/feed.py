@@ -175,10 +175,17 @@ class RoomFeed:
             cached = self._cached_after(cursor)
             if cached is not None:
                 return cached
-            if not self._ring or self._ring[-1].sequence != cursor:
-                self._ring.clear()
+            ring = self._ring
+            if ring and ring[-1].sequence <= cursor < ring[-1].sequence + _FETCH_LIMIT:
+                # Extend the cache from its end, so it stays one contiguous run: streams a
+                # little behind this one keep reading from it instead of each going to the
+                # store (clearing it here once sent thousands of streams to the store).
+                events = await self._fetch(ring[-1].sequence)
+                ring.extend(events)
+                return self._cached_after(cursor) or []
+            ring.clear()
             events = await self._fetch(cursor)
-            self._ring.extend(events)
+            ring.extend(events)
             return events
 
     def _cached_after(self, cursor: int) -> list[RoomEvent] | None:
