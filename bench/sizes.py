@@ -24,7 +24,7 @@ class Sizes:
     warmup_calls: int
     subscribers: int = 10_000
     """Room streams of the `subscribe` scenario (run once, after the rounds)."""
-    subscribe_grabs: int = 300
+    subscribe_grabs: int = 3_000
     subscribe_reserve_s: float = 45.0
     """Seconds of the budget kept for the `subscribe` scenario."""
     load_processes: int = 2

@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 SnapshotState = tuple[list[Pool], EventBounds | None]
 SnapshotLoader = Callable[[], Awaitable[SnapshotState]]
 SNAPSHOT_REUSE_S = 1.0
-FANOUT_COST_S = 40e-6
-"""Per subscriber, what publishing a stock tick may cost: 10,000 subscribers get at most
-one stock tick every 0.4 s (lifecycle events are never delayed)."""
+STOCK_MAX_DEFER_S = 2.0
+"""A stock tick waits for the previous one to be written by the room's streams, this long at
+most."""
 
 _FETCH_LIMIT = 500
 
@@ -70,6 +70,8 @@ class RoomFeed:
         self._stock_interval = stock_interval
         self._last_publish = -stock_interval
         self._timer: asyncio.TimerHandle | None = None
+        self._stock_pending = False
+        self._idle = 0  # streams waiting in wait_past: they have written all they were given
         # Coalesced batches by cursor, for the current `published`: one per room, not per stream.
         self._batches: dict[int, list[RoomEvent]] = {}
         self._snapshot: tuple[int, float, SnapshotState] | None = None
@@ -84,19 +86,31 @@ class RoomFeed:
         if lifecycle or self._stock_interval <= 0:
             self._publish()
             return
-        if self._timer is not None:
+        self._stock_pending = True
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            due = max(loop.time(), self._last_publish + self._stock_interval)
+            self._timer = loop.call_at(due, self._stock_due)
+
+    def _stock_due(self) -> None:
+        """A stock tick is due: publish it once the room's streams have written the last one
+        (each tick costs a write per stream; ticks queued behind unfinished ones would crowd
+        out everything else the server does), or at the latest STOCK_MAX_DEFER_S after it."""
+        self._timer = None
+        if not self._stock_pending:
             return
         loop = asyncio.get_running_loop()
-        # A crowded room stretches the interval: each publish costs a write per stream, and
-        # stock ticks must not crowd out the grabs that cause them.
-        interval = max(self._stock_interval, self.subscribers * FANOUT_COST_S)
-        due = self._last_publish + interval
-        if loop.time() >= due:
+        if self._drained() or loop.time() >= self._last_publish + STOCK_MAX_DEFER_S:
             self._publish()
         else:
-            self._timer = loop.call_at(due, self._publish)
+            self._timer = loop.call_at(self._last_publish + STOCK_MAX_DEFER_S, self._stock_due)
+
+    def _drained(self) -> bool:
+        # Streams waiting for news have written everything; a few stalled phones do not count.
+        return self._idle >= self.subscribers - self.subscribers // 20
 
     def _publish(self) -> None:
+        self._stock_pending = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -111,10 +125,17 @@ class RoomFeed:
         """Wait up to `seconds` for an event after `cursor` to be published."""
         if self.published > cursor:
             return True
-        changed = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), seconds)
-        return self.published > cursor
+        self._idle += 1
+        try:
+            if self._stock_pending and self._timer is None and self._drained():
+                self._publish()  # the last stream to finish writing releases the next tick
+                return True
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), seconds)
+            return self.published > cursor
+        finally:
+            self._idle -= 1
 
     def behind(self, cursor: int, max_lag: int) -> bool:
         """Whether a stream at `cursor` lags the published events by more than `max_lag`."""
