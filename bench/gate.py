@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import asyncpg
 
 from bench.jobs import GrabRecord
 
@@ -39,7 +42,7 @@ class GateResult:
         self.failures.extend(other.failures)
 
 
-def check_grabs(db_path: Path, pool_ids: list[str], grabs: Iterable[GrabRecord]) -> GateResult:
+def check_grabs(store: Path | str, pool_ids: list[str], grabs: Iterable[GrabRecord]) -> GateResult:
     """Check the pools against the store and against every answer the clients got.
 
     `grabs` are all taps ever made at these pools. Per pool, demand is the taps that got a
@@ -52,21 +55,7 @@ def check_grabs(db_path: Path, pool_ids: list[str], grabs: Iterable[GrabRecord])
     by_pool: dict[str, list[GrabRecord]] = {p: [] for p in pool_ids}
     for grab in grabs:
         by_pool.setdefault(grab.pool_id, []).append(grab)
-    # Read-only; a WAL reader does not block the live server.
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
-        marks = ",".join("?" * len(pool_ids))
-        pools = {
-            row[0]: row[1:]
-            for row in db.execute(
-                "SELECT pool_id, total_quantity, remaining_quantity, granted_quantity, "
-                f"per_viewer_limit FROM pools WHERE pool_id IN ({marks})",
-                pool_ids,
-            )
-        }
-        rows = db.execute(
-            f"SELECT code, pool_id, viewer_id, request_id FROM coupons WHERE pool_id IN ({marks})",
-            pool_ids,
-        ).fetchall()
+    pools, rows = _read_store(store, pool_ids)
     for pool_id in pool_ids:
         if pool_id not in pools:
             out.failures.append(f"pool {pool_id} is not in the store")
@@ -100,6 +89,44 @@ def check_grabs(db_path: Path, pool_ids: list[str], grabs: Iterable[GrabRecord])
         out.failures.append(f"{dup} coupon codes not unique")
     _check_answers(rows, by_pool, out)
     return out
+
+
+_POOLS = (
+    "SELECT pool_id, total_quantity, remaining_quantity, granted_quantity, per_viewer_limit "
+    "FROM pools WHERE pool_id IN ({marks})"
+)
+_COUPONS = "SELECT code, pool_id, viewer_id, request_id FROM coupons WHERE pool_id IN ({marks})"
+Rows = list[tuple[str, str, str, str]]
+
+
+def _read_store(
+    store: Path | str, pool_ids: list[str]
+) -> tuple[dict[str, tuple[int, int, int, int]], Rows]:
+    """The pools and their coupons, from the SQLite file or the PostgreSQL URL."""
+    if isinstance(store, str):
+        return asyncio.run(_read_postgres(store, pool_ids))
+    # Read-only; a WAL reader does not block the live server.
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+        marks = ",".join("?" * len(pool_ids))
+        pools = {r[0]: tuple(r[1:]) for r in db.execute(_POOLS.format(marks=marks), pool_ids)}
+        rows = db.execute(_COUPONS.format(marks=marks), pool_ids).fetchall()
+    return pools, rows
+
+
+async def _read_postgres(
+    url: str, pool_ids: list[str]
+) -> tuple[dict[str, tuple[int, int, int, int]], Rows]:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        marks = ",".join(f"${i + 1}" for i in range(len(pool_ids)))
+        pools = {
+            r[0]: (int(r[1]), int(r[2]), int(r[3]), int(r[4]))
+            for r in await conn.fetch(_POOLS.format(marks=marks), *pool_ids)
+        }
+        rows = [tuple(r) for r in await conn.fetch(_COUPONS.format(marks=marks), *pool_ids)]
+    finally:
+        await conn.close()
+    return pools, rows
 
 
 def _check_answers(

@@ -6,13 +6,16 @@ import dataclasses
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.gate import GateResult
 from bench.scenarios import ORDER, ScenarioRun
 from bench.sizes import Sizes
 from bench.stats import median
 from bench.subscribe import SubscribeResult
+
+if TYPE_CHECKING:
+    from bench.multi import MultiResult
 
 RATIOS = {
     "hot_vs_noop": ("hot", "noop"),
@@ -51,6 +54,7 @@ def summarise(
     wall_s: float,
     warmup: GateResult,
     subscribed: SubscribeResult,
+    multi: MultiResult | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The table (text) and the summary object."""
     by_name: dict[str, list[ScenarioRun]] = {name: [] for name in ORDER}
@@ -80,6 +84,11 @@ def summarise(
             "gate_ok": scenario_gate.ok,
         }
     summary: dict[str, Any] = {name: _ratio(by_name, a, b) for name, (a, b) in RATIOS.items()}
+    summary["db"] = "postgres" if multi is not None else "sqlite"
+    if multi is not None:
+        overall.merge(multi.gate)
+        summary["pg_hot_vs_noop"] = summary["hot_vs_noop"]
+        summary["multi_vs_single"] = multi.ratio
     summary |= {
         "burst_cancelled": scenarios["burst"]["statuses"].get("CANCELLED", 0),
         "oversold": overall.oversold,
@@ -136,7 +145,14 @@ def _table(scenarios: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any
     lines.append(
         "  ".join(
             f"{k}={summary[k]}"
-            for k in (*RATIOS, "burst_cancelled", "oversold", "duplicate_grants", "gate_ok")
+            for k in (
+                *RATIOS,
+                *(("pg_hot_vs_noop", "multi_vs_single") if "multi_vs_single" in summary else ()),
+                "burst_cancelled",
+                "oversold",
+                "duplicate_grants",
+                "gate_ok",
+            )
         )
     )
     lines.extend(f"gate failure: {f}" for f in summary["gate_failures"])

@@ -9,10 +9,11 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
-from bench import report, subscribe
+from bench import multi, report, subscribe
 from bench.gate import GateResult
 from bench.loadgen import LoadGenerator
 from bench.provision import Provisioner
@@ -31,15 +32,25 @@ def main() -> int:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="liveresource-bench-"))
     token_key = "bench-" + secrets.token_urlsafe(32)
-    batched = ServerProcess("batched", work / "batched", token_key, batching=True)
-    naive = ServerProcess("naive", work / "naive", token_key, batching=False)
+    databases = multi.Databases()
+    urls = ("", "")
+    if multi.postgres_mode():
+        # One load process per server process of `multi`; two rounds leave it time to run.
+        sizes = replace(sizes, load_processes=multi.PROCESSES, rounds=min(sizes.rounds, 2))
+        urls = (databases.new_url(), databases.new_url())
+    batched = ServerProcess(
+        "batched", work / "batched", token_key, batching=True, database_url=urls[0]
+    )
+    naive = ServerProcess("naive", work / "naive", token_key, batching=False, database_url=urls[1])
     load: LoadGenerator | None = None
     aborted = True
     try:
         load = LoadGenerator(sizes.load_processes)
         batched.start()
         naive.start()
-        runs, warmup, rounds = _rounds(sizes, load, token_key, batched, naive, started)
+        runs, warmup, rounds, multi_result = _rounds(
+            sizes, load, token_key, batched, naive, started
+        )
         for server in (batched, naive):
             if (status := server.stop()) != 0:
                 _log(f"{server.name} server exited with {status}:\n{server.log_tail()}")
@@ -63,12 +74,13 @@ def main() -> int:
             server.stop(timeout=10)
         if load is not None:
             load.close(abort=aborted)
+        databases.drop_all()
         if os.environ.get("BENCH_KEEP", "0") in ("", "0"):
             shutil.rmtree(work, ignore_errors=True)
         else:
             _log(f"kept {work}")
     table, summary = report.summarise(
-        runs, rounds, sizes, time.perf_counter() - started, warmup, subscribed
+        runs, rounds, sizes, time.perf_counter() - started, warmup, subscribed, multi_result
     )
     print(table)
     print(report.json_line(summary), flush=True)
@@ -82,8 +94,9 @@ def _rounds(
     batched: ServerProcess,
     naive: ServerProcess,
     started: float,
-) -> tuple[list[ScenarioRun], GateResult, int]:
-    """Warm up, then the rounds that fit in the time budget; returns how many ran."""
+) -> tuple[list[ScenarioRun], GateResult, int, multi.MultiResult | None]:
+    """Warm up, then the rounds that fit in the time budget (how many ran), then `multi` on
+    PostgreSQL."""
     batched.wait_serving()
     naive.wait_serving()
     bench = Bench(
@@ -104,17 +117,28 @@ def _rounds(
             budget = sizes.budget_s - sizes.subscribe_reserve_s
             if round_no > 1 and elapsed + 1.2 * longest + SHUTDOWN_S > budget:
                 _log(f"stopping after {round_no - 1} round(s): the time budget is spent")
-                return runs, warmup, round_no - 1
+                return runs, warmup, round_no - 1, _multi(bench)
             round_start = time.perf_counter()
             for name in ORDER:
                 run = bench.run(name, round_no)
                 _log(report.progress_line(round_no, sizes.rounds, run))
                 runs.append(run)
             longest = max(longest, time.perf_counter() - round_start)
-        return runs, warmup, sizes.rounds
+        return runs, warmup, sizes.rounds, _multi(bench)
     finally:
         bench.batched_setup.close()
         bench.naive_setup.close()
+
+
+def _multi(bench: Bench) -> multi.MultiResult | None:
+    if not bench.batched.database_url:
+        return None
+    viewers = bench.sizes.hot_viewers // 2
+    _log(f"multi: {multi.PROCESSES} processes vs 1 on one pool, {viewers} viewers, 2 rounds")
+    result = multi.run(bench, bench.batched.data_dir.parent, viewers, rounds=2)
+    for run in (*result.single, *result.multi):
+        _log(report.progress_line(0, 2, run))
+    return result
 
 
 def _warm_up(bench: Bench) -> GateResult:

@@ -162,7 +162,7 @@ class Bench:
 def _check(
     server: ServerProcess, pool_ids: list[str], records: list[GrabRecord]
 ) -> gate.GateResult:
-    return gate.check_grabs(server.db_path, pool_ids, records)
+    return gate.check_grabs(server.store, pool_ids, records)
 
 
 def _summarise(name: str, measured: Measured) -> ScenarioRun:

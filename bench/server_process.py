@@ -35,8 +35,12 @@ def _die_with_parent() -> None:
 class ServerProcess:
     """The real server as its own process; `stop()` sends SIGTERM, `kill()` is the fallback."""
 
-    def __init__(self, name: str, data_dir: Path, token_key: str, *, batching: bool) -> None:
+    def __init__(
+        self, name: str, data_dir: Path, token_key: str, *, batching: bool, database_url: str = ""
+    ) -> None:
         self.name = name
+        self.database_url = database_url
+        """A PostgreSQL URL the server uses instead of its SQLite file (several may share it)."""
         self.data_dir = data_dir
         self.token_key = token_key
         self.batching = batching
@@ -51,6 +55,11 @@ class ServerProcess:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "liveresource.db"
+
+    @property
+    def store(self) -> Path | str:
+        """Where the gate reads what this server committed: its SQLite file or its URL."""
+        return self.database_url or self.db_path
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +83,7 @@ class ServerProcess:
             "5",
             "--allocation-batching",
             "true" if self.batching else "false",
+            *(["--database-url", self.database_url] if self.database_url else []),
         ]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from tests.pg import require_postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KEYS = (
@@ -27,12 +32,15 @@ KEYS = (
 )
 
 
-# SQLite only: the benchmark starts its own servers on the default store, and what it checks
-# (oversold, duplicate grants, burst cancellations) runs on PostgreSQL in test_grab_path.
-def test_quick_bench_runs_every_scenario_and_its_gate_passes() -> None:
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+async def test_quick_bench_runs_every_scenario_and_its_gate_passes(db: str) -> None:
+    if db == "postgres":
+        await require_postgres()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BENCH_")}
     env["BENCH_QUICK"] = "1"
-    done = subprocess.run(
+    env["BENCH_DB"] = db
+    done = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "bench"],
         cwd=REPO_ROOT,
         env=env,
@@ -56,6 +64,9 @@ def test_quick_bench_runs_every_scenario_and_its_gate_passes() -> None:
     assert summary["events_lost"] == summary["events_duplicated"] == 0
     assert summary["events_out_of_order"] == 0
     assert sub["events_delivered"] >= sub["subscribers_target"], "every stream got events"
+    assert summary["db"] == db
+    if db == "postgres":
+        assert summary["pg_hot_vs_noop"] > 0 and summary["multi_vs_single"] > 0
     for name in ("noop", "hot", "soldout", "spread", "naive", "burst"):
         assert summary["scenarios"][name]["calls"] > 0, name
     # The readable table comes before the JSON line.
