@@ -4,14 +4,17 @@ lifecycle event delivered in order, and a chain that tells a coalesced skip from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from client_sdk import AsyncLiveResourceClient, ClientConfig, mint_token
-from generated.liveresource.v1 import events_pb2
+from generated.liveresource.v1 import events_pb2, resources_pb2
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as svc_grpc
 from server.domain.models import EventKind, RoomEvent
@@ -27,6 +30,42 @@ def _client(target: str, subject: str, role: str) -> AsyncLiveResourceClient:
     )
 
 
+@dataclass
+class _Room:
+    handle: ServerHandle
+    room_id: str
+    pool: resources_pb2.Pool
+    streamer: AsyncLiveResourceClient
+    viewers: list[AsyncLiveResourceClient]
+
+
+@contextlib.asynccontextmanager
+async def _coalescing_room(
+    tmp_path: Path, database_url: str, *, total: int, viewers: int, prefix: str
+) -> AsyncIterator[_Room]:
+    """A server that coalesces stock, a room with one pool of `total`, and viewer clients."""
+    handle = await launch(
+        tmp_path, database_url=database_url, stock_update_interval_seconds=INTERVAL
+    )
+    target = handle.target
+    room_id, streamer_id = unique("room"), unique("streamer")
+    platform = _client(target, "platform", "platform")
+    streamer = _client(target, streamer_id, "streamer")
+    clients = [_client(target, f"{prefix}-{i}", "viewer") for i in range(viewers)]
+    try:
+        await platform.register_room(room_message(room_id, streamer_id))
+        pool = (
+            await streamer.configure_resources(
+                room_id, create_pool=fixed_pool(room_id, total=total)
+            )
+        ).pool
+        yield _Room(handle, room_id, pool, streamer, clients)
+    finally:
+        for client in (platform, streamer, *clients):
+            await client.close()
+        await handle.running.stop(1.0)
+
+
 async def _store_events(handle: ServerHandle, room_id: str, after: int) -> list[RoomEvent]:
     async with handle.running.store.transaction(write=False) as tx:
         return await tx.events_after(room_id, after, 10_000)
@@ -35,20 +74,12 @@ async def _store_events(handle: ServerHandle, room_id: str, after: int) -> list[
 async def test_stock_is_coalesced_and_every_lifecycle_event_arrives_in_order(
     tmp_path: Path, database_url: str
 ) -> None:
-    handle = await launch(
-        tmp_path, database_url=database_url, stock_update_interval_seconds=INTERVAL
-    )
-    target = handle.target
-    room_id, streamer_id = unique("room"), unique("streamer")
-    platform = _client(target, "platform", "platform")
-    streamer = _client(target, streamer_id, "streamer")
-    viewers = [_client(target, f"coalesce-{i}", "viewer") for i in range(60)]
-    channel = grpc.aio.insecure_channel(target)
-    try:
-        await platform.register_room(room_message(room_id, streamer_id))
-        pool = (
-            await streamer.configure_resources(room_id, create_pool=fixed_pool(room_id, total=40))
-        ).pool
+    async with (
+        _coalescing_room(tmp_path, database_url, total=40, viewers=60, prefix="coalesce") as room,
+        grpc.aio.insecure_channel(room.handle.target) as channel,
+    ):
+        handle, room_id, pool = room.handle, room.room_id, room.pool
+        streamer, viewers = room.streamer, room.viewers
         call = svc_grpc.ResourceAllocationServiceStub(channel).StreamAllocationInfo(
             svc.StreamAllocationInfoRequest(room_id=room_id),
             metadata=(("authorization", "Bearer " + mint_token("w", "viewer", key=TOKEN_KEY)),),
@@ -106,29 +137,16 @@ async def test_stock_is_coalesced_and_every_lifecycle_event_arrives_in_order(
             )
         assert stock[-1].sequence == stored_stock[-1].sequence
         assert stock[-1].stock_changed.remaining_quantity == 0
-    finally:
-        await channel.close()
-        for client in (platform, streamer, *viewers):
-            await client.close()
-        await handle.running.stop(1.0)
 
 
 async def test_resume_with_coalescing_replays_lifecycle_events_and_the_latest_stock(
     tmp_path: Path, database_url: str
 ) -> None:
-    handle = await launch(
-        tmp_path, database_url=database_url, stock_update_interval_seconds=INTERVAL
-    )
-    target = handle.target
-    room_id, streamer_id = unique("room"), unique("streamer")
-    platform = _client(target, "platform", "platform")
-    streamer = _client(target, streamer_id, "streamer")
-    viewers = [_client(target, f"replay-{i}", "viewer") for i in range(8)]
-    try:
-        await platform.register_room(room_message(room_id, streamer_id))
-        pool = (
-            await streamer.configure_resources(room_id, create_pool=fixed_pool(room_id, total=8))
-        ).pool
+    async with _coalescing_room(
+        tmp_path, database_url, total=8, viewers=8, prefix="replay"
+    ) as room:
+        handle, room_id, pool, viewers = room.handle, room.room_id, room.pool, room.viewers
+        target = handle.target
         async with handle.running.store.transaction(write=False) as tx:
             bounds = await tx.event_bounds(room_id)
         assert bounds is not None
@@ -154,7 +172,3 @@ async def test_resume_with_coalescing_replays_lifecycle_events_and_the_latest_st
         stored = await _store_events(handle, room_id, resume_from)
         assert len(stored) == 9  # eight stock changes and the sell-out, all in the outbox
         assert [e.sequence for e in received] == [stored[-2].sequence, stored[-1].sequence]
-    finally:
-        for client in (platform, streamer, *viewers):
-            await client.close()
-        await handle.running.stop(1.0)
