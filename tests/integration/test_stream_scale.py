@@ -172,7 +172,7 @@ async def test_subscribe_cancel_cycles_leave_no_open_stream_and_no_growth(
 async def test_a_stalled_subscriber_is_bounded_and_does_not_hold_up_the_others(
     server_process: ServerProcess,
 ) -> None:
-    server_process.extra_args = ["--stream-max-lag-events", "50"]
+    server_process.extra_args = ["--stream-max-lag-events", "50", "--metrics-port", "0"]
     server_process.start()
     await server_process.wait_serving()
     room_id, streamer = await _register(server_process.target)
