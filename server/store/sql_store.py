@@ -534,15 +534,18 @@ class SqlTransaction:
             for room_id in room_ids
             if any(d.kind is not EventKind.STOCK_CHANGED for d in drafts_by_room[room_id])
         )
-        if self._postgres:
-            # Delivered to every LISTENing process when, and only if, this commits.
-            notes = [
-                pg_notify.payload(r, self.appended[r], r in self.lifecycle_rooms) for r in room_ids
-            ]
-            await self._conn.execute(
-                text("SELECT pg_notify(:channel, note) FROM unnest(CAST(:notes AS text[])) note"),
-                {"channel": pg_notify.CHANNEL, "notes": notes},
-            )
+
+    async def notify_commit(self) -> None:
+        """PostgreSQL: tell every LISTENing process, once per room with its last sequence, what
+        this transaction appended; delivered when, and only if, it commits."""
+        notes = [
+            pg_notify.payload(room_id, seq, room_id in self.lifecycle_rooms)
+            for room_id, seq in sorted(self.appended.items())
+        ]
+        await self._conn.execute(
+            text("SELECT pg_notify(:channel, note) FROM unnest(CAST(:notes AS text[])) note"),
+            {"channel": pg_notify.CHANNEL, "notes": notes},
+        )
 
     async def events_after(self, room_id: str, after: int, limit: int) -> list[RoomEvent]:
         rows = (
@@ -697,6 +700,8 @@ class SqlStore:
             async with self._connect(write) as conn, conn.begin():
                 tx = SqlTransaction(conn, postgres=self._postgres, write=write)
                 yield tx
+                if self._postgres and tx.appended:
+                    await tx.notify_commit()
         except IntegrityError as exc:
             # A constraint refused the write: a concurrent change got there first. Nothing
             # was committed, so the caller may retry with the same request_id.
