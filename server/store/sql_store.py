@@ -648,6 +648,7 @@ class SqlStore:
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self._sqlite else None
         self._listeners: list[CommitListener] = []
         self._resync_listeners: list[Callable[[], None]] = []
+        self._announced: dict[str, int] = {}  # per room, the last sequence told to listeners
         self._notifications: pg_notify.NotificationListener | None = None
 
     async def start(self) -> None:
@@ -678,8 +679,7 @@ class SqlStore:
         self._resync_listeners.append(listener)
 
     def _heard(self, room_id: str, sequence: int, lifecycle: bool) -> None:
-        for listener in self._listeners:
-            listener(room_id, sequence, lifecycle)
+        self._announce(room_id, sequence, lifecycle)
 
     def _resync(self) -> None:
         for listener in self._resync_listeners:
@@ -713,9 +713,17 @@ class SqlStore:
                 raise
             raise unavailable from exc
         for room_id, seq in tx.appended.items():
-            lifecycle = room_id in tx.lifecycle_rooms
-            for listener in self._listeners:
-                listener(room_id, seq, lifecycle)
+            self._announce(room_id, seq, room_id in tx.lifecycle_rooms)
+
+    def _announce(self, room_id: str, sequence: int, lifecycle: bool) -> None:
+        # On PostgreSQL a commit of this process is heard twice (directly, then through
+        # LISTEN), and other processes' notifications may trail a newer local one: listeners
+        # hear each room's sequences once, only growing.
+        if sequence <= self._announced.get(room_id, 0):
+            return
+        self._announced[room_id] = sequence
+        for listener in self._listeners:
+            listener(room_id, sequence, lifecycle)
 
     @asynccontextmanager
     async def _connect(self, write: bool) -> AsyncIterator[AsyncConnection]:
