@@ -1,4 +1,8 @@
-"""Correctness gate: after a scenario, read the server's SQLite file and check the invariants."""
+"""Correctness gate: after a scenario, read what the server committed and check the invariants.
+
+The store is the server's SQLite file, or its PostgreSQL URL (BENCH_DB=postgres): the same
+tables, read with asyncpg.
+"""
 
 from __future__ import annotations
 

@@ -40,6 +40,14 @@ class Job:
     grabs: tuple[Grab, ...] = ()
     attempts: int = 1
     """Calls per grab: 2 means the retry with the same request_id after the first answer."""
+    targets: tuple[str, ...] = ()
+    """Several server processes instead of `target` (grabs only): grab i goes to
+    targets[i % n] and each retry to the next process, so no retry lands where its first
+    attempt did."""
+
+    @property
+    def all_targets(self) -> tuple[str, ...]:
+        return self.targets or (self.target,)
 
 
 @dataclass(kw_only=True)

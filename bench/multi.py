@@ -1,37 +1,69 @@
 """PostgreSQL mode (BENCH_DB=postgres): throw-away databases, and the `multi` scenario.
 
-`multi`: three server processes over the batched server's database; one pool, distinct viewers
-each grabbing twice with the same request_id, the load processes' slices sent to different
-server processes. Compared, round by round, with the same load on the batched server alone.
+Both bench servers get a fresh database `lr_bench_<hex>` each, created on BENCH_PG_URL
+(default postgresql://postgres@127.0.0.1:5432; CREATE/DROP DATABASE go to the URL's database,
+else `postgres`), analysed before every round (see `analyze`) and dropped at the end. Two more
+server processes run on the batched server's database for `multi`: the same load as `hot`
+(distinct viewers on one pool of as many coupons, each retrying once with the same
+request_id) spread evenly over the three processes, every retry sent to another process than
+its first attempt. It runs right after `hot` in every round; `multi_vs_single` is its
+throughput over that round's `hot`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import os
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from bench import gate
 from bench.jobs import Grab
-from bench.scenarios import Bench, ScenarioRun, _summarise
+from bench.scenarios import ORDER, Bench, ScenarioRun, _summarise
 from bench.server_process import ServerProcess
-from bench.stats import median
 
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+log = logging.getLogger(__name__)
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432"
+PREFIX = "lr_bench_"
 PROCESSES = 3
+"""Server processes of `multi`: the batched server and two more on its database."""
+POSTGRES_ORDER = (*ORDER[:2], "multi", *ORDER[2:])
+"""The scenarios of a round in PostgreSQL mode: `multi` right after the `hot` it is compared
+with."""
 
 
-def postgres_mode() -> bool:
+def postgres_mode(environ: Mapping[str, str] | None = None) -> bool:
     """Whether BENCH_DB asks for PostgreSQL (anything else: the embedded SQLite)."""
-    return os.environ.get("BENCH_DB", "sqlite").strip().lower() in ("postgres", "postgresql")
+    env = os.environ if environ is None else environ
+    return env.get("BENCH_DB", "sqlite").strip().lower() in ("postgres", "postgresql", "pg")
 
 
-def _admin_dsn() -> str:
-    return os.environ.get("BENCH_PG_URL") or DEFAULT_PG
+def _server_url(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get("BENCH_PG_URL") or DEFAULT_PG
+
+
+def _with(url: str, scheme: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def admin_dsn(environ: Mapping[str, str] | None = None) -> str:
+    """Where CREATE/DROP DATABASE are sent (asyncpg DSN): the URL's database, else `postgres`."""
+    url = _server_url(environ)
+    return _with(url, "postgresql", urlsplit(url).path.strip("/") or "postgres")
+
+
+def store_url(database: str, environ: Mapping[str, str] | None = None) -> str:
+    """The server's `--database-url` (SQLAlchemy, asyncpg driver) for a bench database."""
+    return _with(_server_url(environ), "postgresql+asyncpg", database)
 
 
 class Databases:
@@ -41,75 +73,82 @@ class Databases:
         self.names: list[str] = []
 
     def new_url(self) -> str:
-        name = "lr_bench_" + secrets.token_hex(5)
+        name = PREFIX + secrets.token_hex(5)
         asyncio.run(self._run(f'CREATE DATABASE "{name}"'))
         self.names.append(name)
-        base = _admin_dsn().rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-        return f"{base}/{name}"
+        return store_url(name)
 
-    def drop_all(self) -> None:
+    def drop_all(self) -> list[str]:
+        """Drop every database created (connections still open are terminated); the names of
+        those that could not be dropped."""
+        left: list[str] = []
         while self.names:
-            asyncio.run(self._run(f'DROP DATABASE IF EXISTS "{self.names.pop()}" WITH (FORCE)'))
+            name = self.names.pop()
+            try:
+                asyncio.run(self._run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                log.warning("could not drop database %s: %s", name, exc)
+                left.append(name)
+        return left
 
     @staticmethod
     async def _run(statement: str) -> None:
-        conn = await asyncpg.connect(_admin_dsn(), timeout=10)
+        # asyncpg runs it outside a transaction block, as CREATE/DROP DATABASE need.
+        conn = await asyncpg.connect(admin_dsn(), timeout=10)
         try:
             await conn.execute(statement)
         finally:
             await conn.close()
 
 
-@dataclass(kw_only=True)
-class MultiResult:
-    """Per round: the single-process and the three-process throughput on one pool."""
+def analyze(*urls: str) -> None:
+    """ANALYZE the bench databases, between scenarios, as autovacuum's autoanalyze keeps a
+    default PostgreSQL's statistics. Without statistics (a fresh database on a server running
+    with autovacuum off) the planner takes the grab batch's `IN (...)` lookups for most of the
+    table and scans it: every batch gets slower as the tables grow, round after round."""
 
-    single: list[ScenarioRun] = field(default_factory=list)
-    multi: list[ScenarioRun] = field(default_factory=list)
-    gate: gate.GateResult = field(default_factory=gate.GateResult)
+    async def run_all() -> None:
+        for url in urls:
+            conn = await asyncpg.connect(url.replace("+asyncpg", "", 1), timeout=10)
+            try:
+                await conn.execute("ANALYZE")
+            finally:
+                await conn.close()
 
-    @property
-    def ratio(self) -> float:
-        pairs = zip(self.multi, self.single, strict=True)
-        return round(median([m.throughput / s.throughput for m, s in pairs if s.throughput]), 3)
+    asyncio.run(run_all())
 
 
-def run(bench: Bench, work: Path, viewers: int, rounds: int) -> MultiResult:
-    """Start two more servers on the batched server's database and compare, round by round."""
-    url = bench.batched.database_url
-    extra = [
+def extra_servers(work: Path, token_key: str, database_url: str) -> list[ServerProcess]:
+    """The processes `multi` adds to the batched server, on its database (not started)."""
+    return [
         ServerProcess(
-            f"multi-{i}", work / f"multi-{i}", bench.token_key, batching=True, database_url=url
+            f"multi-{i}", work / f"multi-{i}", token_key, batching=True, database_url=database_url
         )
-        for i in (1, 2)
+        for i in range(2, PROCESSES + 1)
     ]
-    servers = [bench.batched, *extra]
-    result = MultiResult()
-    try:
-        for server in extra:
-            server.start()
-        for server in extra:
-            server.wait_serving()
-        for round_no in range(1, rounds + 1):
-            for name, targets in (("single", [bench.batched]), ("multi", servers)):
-                pool_id = bench.batched_setup.pool(f"{name}-m{round_no}", viewers)
-                grabs = [Grab(f"{name}-m{round_no}-v{i}", pool_id) for i in range(viewers)]
-                n = bench.load.size
-                jobs = [
-                    bench._job(
-                        "grab", targets[i % len(targets)], grabs=tuple(grabs[i::n]), attempts=2
-                    )
-                    for i in range(n)
-                ]
-                measured = bench.load.run(jobs, bench.batched.cpu_seconds)
-                run_ = _summarise(name, measured)
-                records = [g for r in measured.results for g in r.grabs]
-                run_.gate = gate.check_grabs(bench.batched.store, [pool_id], records)
-                result.gate.merge(run_.gate)
-                (result.single if name == "single" else result.multi).append(run_)
-    finally:
-        for server in extra:
-            server.terminate()
-        for server in extra:
-            server.stop(timeout=10)
+
+
+def run(bench: Bench, servers: Sequence[ServerProcess], round_no: int) -> ScenarioRun:
+    """`hot`'s load on one new pool, spread over `servers` (the first is the batched server)."""
+    return grab(bench, servers, f"multi-r{round_no}", bench.sizes.hot_viewers)
+
+
+def grab(bench: Bench, servers: Sequence[ServerProcess], label: str, viewers: int) -> ScenarioRun:
+    """`viewers` distinct viewers grab one pool of as many coupons, each twice with the same
+    request_id: the first call on one process, the retry on the next (round robin)."""
+    pool_id = bench.batched_setup.pool(label, viewers)
+    grabs = [Grab(f"{label}-v{i}", pool_id) for i in range(viewers)]
+    targets = tuple(s.target for s in servers)
+    n = bench.load.size
+    jobs = [
+        dataclasses.replace(
+            bench._job("grab", bench.batched, grabs=tuple(grabs[i::n]), attempts=2),
+            targets=targets[i % len(targets) :] + targets[: i % len(targets)],
+        )
+        for i in range(n)
+    ]
+    measured = bench.load.run(jobs, lambda: sum(s.cpu_seconds() for s in servers))
+    result = _summarise("multi", measured)
+    records = [g for r in measured.results for g in r.grabs]
+    result.gate = gate.check_grabs(bench.batched.store, [pool_id], records)
     return result

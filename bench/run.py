@@ -9,7 +9,6 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -32,26 +31,26 @@ def main() -> int:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="liveresource-bench-"))
     token_key = "bench-" + secrets.token_urlsafe(32)
+    postgres = multi.postgres_mode()
     databases = multi.Databases()
-    urls = ("", "")
-    if multi.postgres_mode():
-        # One load process per server process of `multi`; two rounds leave it time to run.
-        sizes = replace(sizes, load_processes=multi.PROCESSES, rounds=min(sizes.rounds, 2))
-        urls = (databases.new_url(), databases.new_url())
-    batched = ServerProcess(
-        "batched", work / "batched", token_key, batching=True, database_url=urls[0]
-    )
-    naive = ServerProcess("naive", work / "naive", token_key, batching=False, database_url=urls[1])
+    servers: list[ServerProcess] = []  # batched, naive, then the extra ones of `multi`
     load: LoadGenerator | None = None
     aborted = True
     try:
+        # PostgreSQL: a fresh database for each bench server; `multi` shares the batched one's.
+        urls = (databases.new_url(), databases.new_url()) if postgres else ("", "")
+        servers = [
+            ServerProcess(
+                "batched", work / "batched", token_key, batching=True, database_url=urls[0]
+            ),
+            ServerProcess("naive", work / "naive", token_key, batching=False, database_url=urls[1]),
+            *(multi.extra_servers(work, token_key, urls[0]) if postgres else []),
+        ]
         load = LoadGenerator(sizes.load_processes)
-        batched.start()
-        naive.start()
-        runs, warmup, rounds, multi_result = _rounds(
-            sizes, load, token_key, batched, naive, started
-        )
-        for server in (batched, naive):
+        for server in servers:
+            server.start()
+        runs, warmup, rounds = _rounds(sizes, load, token_key, servers, started)
+        for server in servers:
             if (status := server.stop()) != 0:
                 _log(f"{server.name} server exited with {status}:\n{server.log_tail()}")
         _log(f"subscribe: {sizes.subscribers} room streams, {sizes.subscribe_grabs} grabs")
@@ -64,23 +63,30 @@ def main() -> int:
         _log("interrupted: stopping the servers and the load processes")
         return 130
     except BaseException:
-        for server in (batched, naive):
+        for server in servers:
             _log(f"--- {server.name} server log (tail) ---\n{server.log_tail()}")
         raise
     finally:
-        for server in (batched, naive):
+        for server in servers:
             server.terminate()
-        for server in (batched, naive):
+        for server in servers:
             server.stop(timeout=10)
         if load is not None:
             load.close(abort=aborted)
-        databases.drop_all()
+        if left := databases.drop_all():
+            _log(f"could not drop the bench database(s) {', '.join(left)}")
         if os.environ.get("BENCH_KEEP", "0") in ("", "0"):
             shutil.rmtree(work, ignore_errors=True)
         else:
             _log(f"kept {work}")
     table, summary = report.summarise(
-        runs, rounds, sizes, time.perf_counter() - started, warmup, subscribed, multi_result
+        runs,
+        rounds,
+        sizes,
+        time.perf_counter() - started,
+        warmup,
+        subscribed,
+        db="postgres" if postgres else "sqlite",
     )
     print(table)
     print(report.json_line(summary), flush=True)
@@ -91,14 +97,15 @@ def _rounds(
     sizes: Sizes,
     load: LoadGenerator,
     token_key: str,
-    batched: ServerProcess,
-    naive: ServerProcess,
+    servers: list[ServerProcess],
     started: float,
-) -> tuple[list[ScenarioRun], GateResult, int, multi.MultiResult | None]:
-    """Warm up, then the rounds that fit in the time budget (how many ran), then `multi` on
-    PostgreSQL."""
-    batched.wait_serving()
-    naive.wait_serving()
+) -> tuple[list[ScenarioRun], GateResult, int]:
+    """Warm up, then the rounds that fit in the time budget (how many ran). With more than
+    two servers (PostgreSQL), every round runs `multi` over the batched one and the extras."""
+    batched, naive, *extra = servers
+    for server in servers:
+        server.wait_serving()
+    order = multi.POSTGRES_ORDER if extra else ORDER
     bench = Bench(
         sizes=sizes,
         load=load,
@@ -109,7 +116,7 @@ def _rounds(
         naive_setup=Provisioner(naive.target, token_key),
     )
     try:
-        warmup = _warm_up(bench)
+        warmup = _warm_up(bench, [batched, *extra] if extra else [])
         runs: list[ScenarioRun] = []
         longest = 0.0
         for round_no in range(1, sizes.rounds + 1):
@@ -117,37 +124,34 @@ def _rounds(
             budget = sizes.budget_s - sizes.subscribe_reserve_s
             if round_no > 1 and elapsed + 1.2 * longest + SHUTDOWN_S > budget:
                 _log(f"stopping after {round_no - 1} round(s): the time budget is spent")
-                return runs, warmup, round_no - 1, _multi(bench)
+                return runs, warmup, round_no - 1
             round_start = time.perf_counter()
-            for name in ORDER:
-                run = bench.run(name, round_no)
+            if extra:  # PostgreSQL: planner statistics, as autoanalyze would keep them
+                multi.analyze(batched.database_url, naive.database_url)
+            for name in order:
+                if name == "multi":
+                    run = multi.run(bench, [batched, *extra], round_no)
+                else:
+                    run = bench.run(name, round_no)
                 _log(report.progress_line(round_no, sizes.rounds, run))
                 runs.append(run)
             longest = max(longest, time.perf_counter() - round_start)
-        return runs, warmup, sizes.rounds, _multi(bench)
+        return runs, warmup, sizes.rounds
     finally:
         bench.batched_setup.close()
         bench.naive_setup.close()
 
 
-def _multi(bench: Bench) -> multi.MultiResult | None:
-    if not bench.batched.database_url:
-        return None
-    viewers = bench.sizes.hot_viewers // 2
-    _log(f"multi: {multi.PROCESSES} processes vs 1 on one pool, {viewers} viewers, 2 rounds")
-    result = multi.run(bench, bench.batched.data_dir.parent, viewers, rounds=2)
-    for run in (*result.single, *result.multi):
-        _log(report.progress_line(0, 2, run))
-    return result
-
-
-def _warm_up(bench: Bench) -> GateResult:
-    """A small noop and a small hot on each server: connections, caches, first statements."""
+def _warm_up(bench: Bench, multi_servers: list[ServerProcess]) -> GateResult:
+    """A small noop and a small hot on each server (and over the `multi` servers):
+    connections, caches, first statements."""
     gate = GateResult()
     n = bench.sizes.warmup_calls
     gate.merge(bench.noop(n).gate)
     gate.merge(bench.hot(0, bench.batched, n // 4, "warmup-batched").gate)
     gate.merge(bench.hot(0, bench.naive, n // 20, "warmup-naive").gate)
+    if multi_servers:
+        gate.merge(multi.grab(bench, multi_servers, "warmup-multi", n // 4).gate)
     _log(f"warmed up: {n} health checks, {n // 4} + {n // 20} viewers grabbing twice")
     return gate
 

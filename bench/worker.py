@@ -53,7 +53,9 @@ async def _serve(conn: Connection, release: Event) -> None:
 
 async def _run(job: Job, conn: Connection, release: Event) -> WorkerResult:
     channels = [
-        grpc.aio.insecure_channel(job.target, options=CHANNEL_OPTIONS) for _ in range(job.channels)
+        grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        for target in job.all_targets
+        for _ in range(job.channels)
     ]
     try:
         await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), 30) for c in channels))
@@ -98,15 +100,28 @@ def _noop_calls(job: Job, channels: list[grpc.aio.Channel]) -> list[_Coro]:
 
 def _grab_calls(job: Job, channels: list[grpc.aio.Channel]) -> list[_Coro]:
     stubs = [svc_grpc.ResourceAllocationServiceStub(c) for c in channels]
+    n = len(job.all_targets)
     tokens: dict[str, tuple[tuple[str, str], ...]] = {}
     for grab in job.grabs:
         if grab.viewer_id not in tokens:
             token = mint_token(grab.viewer_id, "viewer", key=job.token_key)
             tokens[grab.viewer_id] = (("authorization", f"Bearer {token}"),)
     return [
-        _allocate(stubs[i % len(stubs)], grab, tokens[grab.viewer_id], job)
+        _allocate(
+            [stubs[c] for c in route(i, n, job.channels, job.attempts)],
+            grab,
+            tokens[grab.viewer_id],
+            job,
+        )
         for i, grab in enumerate(job.grabs)
     ]
+
+
+def route(i: int, targets: int, per_target: int, attempts: int) -> list[int]:
+    """The channel of each attempt of grab i, channels being `per_target` per target in
+    order: grab i goes to target i % targets (its channels in turn), attempt k to the k-th
+    target after that one, so a retry never lands on the process of the attempt before."""
+    return [(i + k) % targets * per_target + i // targets % per_target for k in range(attempts)]
 
 
 async def _check(stub: health_pb2_grpc.HealthStub, job: Job) -> tuple[list[float], GrabRecord]:
@@ -120,7 +135,7 @@ async def _check(stub: health_pb2_grpc.HealthStub, job: Job) -> tuple[list[float
 
 
 async def _allocate(
-    stub: svc_grpc.ResourceAllocationServiceStub,
+    stubs: list[svc_grpc.ResourceAllocationServiceStub],
     grab: Grab,
     metadata: tuple[tuple[str, str], ...],
     job: Job,
@@ -130,7 +145,7 @@ async def _allocate(
     statuses: list[str] = []
     outcomes: list[str] = []
     codes: list[str] = []
-    for _ in range(job.attempts):
+    for stub in stubs:  # one per attempt
         t0 = time.perf_counter()
         try:
             reply = await stub.Allocate(request, metadata=metadata, timeout=job.timeout_s)

@@ -67,6 +67,8 @@ async def test_quick_bench_runs_every_scenario_and_its_gate_passes(db: str) -> N
     assert summary["db"] == db
     if db == "postgres":
         assert summary["pg_hot_vs_noop"] > 0 and summary["multi_vs_single"] > 0
+        multi = summary["scenarios"]["multi"]  # 3 processes, each retry on another one
+        assert multi["calls"] > 0 and multi["gate_ok"], multi
     for name in ("noop", "hot", "soldout", "spread", "naive", "burst"):
         assert summary["scenarios"][name]["calls"] > 0, name
     # The readable table comes before the JSON line.
