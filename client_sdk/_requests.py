@@ -70,8 +70,47 @@ def redeem_coupon(
     )
 
 
-def release_coupon(order_id: str) -> svc_pb2.ReleaseCouponRequest:
-    return svc_pb2.ReleaseCouponRequest(order_id=order_id)
+def release_coupon(
+    order_id: str, reason: resources_pb2.ReleaseReason.ValueType
+) -> svc_pb2.ReleaseCouponRequest:
+    return svc_pb2.ReleaseCouponRequest(order_id=order_id, reason=reason)
+
+
+def lock_coupon(
+    order_id: str,
+    coupon_code: str,
+    viewer_id: str,
+    currency_code: str,
+    lines: Iterable[resources_pb2.OrderLine],
+) -> svc_pb2.LockCouponRequest:
+    return svc_pb2.LockCouponRequest(
+        order_id=order_id,
+        coupon_code=coupon_code,
+        viewer_id=viewer_id,
+        currency_code=currency_code,
+        lines=lines,
+    )
+
+
+def confirm_coupons(order_id: str) -> svc_pb2.ConfirmCouponsRequest:
+    return svc_pb2.ConfirmCouponsRequest(order_id=order_id)
+
+
+def refund_coupons(order_id: str, full: bool) -> svc_pb2.RefundCouponsRequest:
+    kind = svc_pb2.REFUND_KIND_FULL if full else svc_pb2.REFUND_KIND_PARTIAL
+    return svc_pb2.RefundCouponsRequest(order_id=order_id, kind=kind)
+
+
+def list_pool_grants(
+    room_id: str, pool_id: str, page_size: int, page_token: str
+) -> svc_pb2.ListPoolGrantsRequest:
+    return svc_pb2.ListPoolGrantsRequest(
+        room_id=room_id, pool_id=pool_id, page_size=page_size, page_token=page_token
+    )
+
+
+def get_pool_stats(room_id: str, pool_id: str) -> svc_pb2.GetPoolStatsRequest:
+    return svc_pb2.GetPoolStatsRequest(room_id=room_id, pool_id=pool_id)
 
 
 def stream_allocation_info(

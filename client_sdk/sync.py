@@ -207,14 +207,99 @@ class LiveResourceClient:
         self,
         order_id: str,
         *,
+        payment_failed: bool = False,
         timeout: float | None = None,
         metadata: Metadata | None = None,
     ) -> svc_pb2.ReleaseCouponResponse:
-        """Give back the coupon redeemed on a cancelled order (order service only)."""
-        request = _requests.release_coupon(order_id)
+        """Give back the coupons of an order that was cancelled (or whose payment failed,
+        `payment_failed=True`); order service only, idempotent per order_id."""
+        reason = (
+            resources_pb2.RELEASE_REASON_PAYMENT_FAILED
+            if payment_failed
+            else resources_pb2.RELEASE_REASON_ORDER_CANCELLED
+        )
+        request = _requests.release_coupon(order_id, reason)
         return self._unary(
             self.stub.ReleaseCoupon, request, svc_pb2.ReleaseCouponResponse, timeout, metadata
         )
+
+    def lock_coupon(
+        self,
+        order_id: str,
+        coupon_code: str,
+        viewer_id: str,
+        currency_code: str,
+        lines: Iterable[resources_pb2.OrderLine],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> svc_pb2.LockCouponResponse:
+        """Lock a coupon for an order at checkout (order service only); idempotent per
+        (order_id, coupon_code). Confirm it with confirm_coupons once the payment succeeds."""
+        request = _requests.lock_coupon(order_id, coupon_code, viewer_id, currency_code, lines)
+        return self._unary(
+            self.stub.LockCoupon, request, svc_pb2.LockCouponResponse, timeout, metadata
+        )
+
+    def confirm_coupons(
+        self,
+        order_id: str,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> svc_pb2.ConfirmCouponsResponse:
+        """Confirm the coupons locked for an order whose payment succeeded (order service
+        only); idempotent per order_id."""
+        request = _requests.confirm_coupons(order_id)
+        return self._unary(
+            self.stub.ConfirmCoupons, request, svc_pb2.ConfirmCouponsResponse, timeout, metadata
+        )
+
+    def refund_coupons(
+        self,
+        order_id: str,
+        *,
+        full: bool,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> svc_pb2.RefundCouponsResponse:
+        """Record a refund of a confirmed order: `full` gives its coupons back, a partial
+        refund keeps them used (order service only); idempotent per order_id."""
+        request = _requests.refund_coupons(order_id, full)
+        return self._unary(
+            self.stub.RefundCoupons, request, svc_pb2.RefundCouponsResponse, timeout, metadata
+        )
+
+    def list_pool_grants(
+        self,
+        room_id: str,
+        pool_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> svc_pb2.ListPoolGrantsResponse:
+        """One page of a pool's winner list, in the order grants were decided (streamer)."""
+        request = _requests.list_pool_grants(room_id, pool_id, page_size, page_token)
+        return self._unary(
+            self.stub.ListPoolGrants, request, svc_pb2.ListPoolGrantsResponse, timeout, metadata
+        )
+
+    def get_pool_stats(
+        self,
+        room_id: str,
+        pool_id: str,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> resources_pb2.PoolStats:
+        """A pool's live counts, which add up to its total (streamer owning the room)."""
+        request = _requests.get_pool_stats(room_id, pool_id)
+        response = self._unary(
+            self.stub.GetPoolStats, request, svc_pb2.GetPoolStatsResponse, timeout, metadata
+        )
+        return response.stats
 
     def subscribe(
         self,

@@ -103,7 +103,9 @@ async def start_server(
         SqlStore(settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous)
     )
     await store.start()
-    ctx = ServiceContext(store=store, clock=clock)
+    ctx = ServiceContext(
+        store=store, clock=clock, checkout_lock=timedelta(seconds=settings.checkout_lock_seconds)
+    )
     feeds = FeedRegistry(
         store,
         capacity=max(4096, 2 * settings.stream_max_lag_events),

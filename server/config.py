@@ -35,6 +35,9 @@ class Settings:
     """A room stream this many events behind is sent a fresh snapshot instead of the backlog."""
     event_retention_seconds: float = 86400.0
     """Room events older than this are pruned; resuming from before them gets a snapshot."""
+    checkout_lock_seconds: float = 900.0
+    """A coupon locked at checkout goes back to its viewer this long after the lock unless
+    the payment is confirmed first."""
     shutdown_grace_seconds: float = 10.0
     """On SIGTERM, in-flight calls get this long to finish."""
     sqlite_synchronous: str = "FULL"
@@ -72,6 +75,7 @@ _ENV = {
     "stock_update_interval_seconds": "LIVERESOURCE_STOCK_UPDATE_INTERVAL_SECONDS",
     "stream_max_lag_events": "LIVERESOURCE_STREAM_MAX_LAG_EVENTS",
     "event_retention_seconds": "LIVERESOURCE_EVENT_RETENTION_SECONDS",
+    "checkout_lock_seconds": "LIVERESOURCE_CHECKOUT_LOCK_SECONDS",
     "shutdown_grace_seconds": "LIVERESOURCE_SHUTDOWN_GRACE_SECONDS",
     "sqlite_synchronous": "LIVERESOURCE_SQLITE_SYNCHRONOUS",
     "allocation_batching": "LIVERESOURCE_ALLOCATION_BATCHING",

@@ -41,6 +41,28 @@ _COUPON_STATE = {
     m.CouponState.AVAILABLE: res.COUPON_STATE_AVAILABLE,
     m.CouponState.REDEEMED: res.COUPON_STATE_REDEEMED,
     m.CouponState.EXPIRED: res.COUPON_STATE_EXPIRED,
+    m.CouponState.LOCKED: res.COUPON_STATE_LOCKED,
+}
+_REDEMPTION_STATE = {
+    m.RedemptionState.LOCKED: res.REDEMPTION_STATE_LOCKED,
+    m.RedemptionState.CONFIRMED: res.REDEMPTION_STATE_CONFIRMED,
+    m.RedemptionState.RELEASED: res.REDEMPTION_STATE_RELEASED,
+    m.RedemptionState.REFUNDED: res.REDEMPTION_STATE_REFUNDED,
+}
+_RELEASE_REASON = {
+    m.ReleaseReason.ORDER_CANCELLED: res.RELEASE_REASON_ORDER_CANCELLED,
+    m.ReleaseReason.PAYMENT_FAILED: res.RELEASE_REASON_PAYMENT_FAILED,
+    m.ReleaseReason.LOCK_EXPIRED: res.RELEASE_REASON_LOCK_EXPIRED,
+}
+# What a caller may ask ReleaseCoupon for (unset: the order was cancelled).
+_RELEASE_REASON_IN = {
+    res.RELEASE_REASON_UNSPECIFIED: m.ReleaseReason.ORDER_CANCELLED,
+    res.RELEASE_REASON_ORDER_CANCELLED: m.ReleaseReason.ORDER_CANCELLED,
+    res.RELEASE_REASON_PAYMENT_FAILED: m.ReleaseReason.PAYMENT_FAILED,
+}
+_REFUND_KIND_IN = {
+    svc.REFUND_KIND_FULL: m.RefundKind.FULL,
+    svc.REFUND_KIND_PARTIAL: m.RefundKind.PARTIAL,
 }
 _OUTCOME = {
     m.Outcome.GRANTED: svc.ALLOCATION_OUTCOME_GRANTED,
@@ -175,6 +197,7 @@ def configure_op_in(request: svc.ConfigureResourcesRequest) -> ConfigureOp:
             claim_start=start,
             claim_end=end,
             validity=_validity_in(c.validity, f"{f}.validity", out),
+            stackable=c.stackable,
         )
         op = CreatePoolOp(spec)
     elif which == "add_stock":
@@ -201,6 +224,18 @@ def configure_op_in(request: svc.ConfigureResourcesRequest) -> ConfigureOp:
 
 def order_lines_in(lines: list[res.OrderLine]) -> list[m.OrderLine]:
     return [m.OrderLine(x.goods_id, x.shop_id, x.unit_price_minor, x.quantity) for x in lines]
+
+
+def release_reason_in(value: int) -> m.ReleaseReason | None:
+    """The reason a ReleaseCoupon caller gave; None if it is not one a caller may give."""
+    found: m.ReleaseReason | None = _RELEASE_REASON_IN.get(value)  # type: ignore[call-overload]
+    return found
+
+
+def refund_kind_in(value: int) -> m.RefundKind | None:
+    """The refund kind asked for; None if unset or unknown."""
+    found: m.RefundKind | None = _REFUND_KIND_IN.get(value)  # type: ignore[call-overload]
+    return found
 
 
 # --- domain to wire ---------------------------------------------------------------------
@@ -279,6 +314,7 @@ def pool_out(p: m.Pool, at: datetime) -> res.Pool:
         withdrawn_quantity=p.withdrawn_quantity,
         create_time=ts(p.created_at),
         update_time=ts(p.updated_at),
+        stackable=p.stackable,
     )
     if p.claim_end is not None:
         out.claim_end_time.CopyFrom(ts(p.claim_end))
@@ -298,11 +334,14 @@ def coupon_out(c: m.Coupon, at: datetime) -> res.Coupon:
         valid_from=ts(c.valid_from),
         valid_until=ts(c.valid_until),
         state=_COUPON_STATE[c.state_at(at)],
-        order_id=c.redeemed_order_id or "",
+        order_id=c.order_at(at) or "",
+        grant_sequence=c.grant_sequence,
     )
 
 
 def redemption_out(r: m.Redemption, at: datetime) -> res.Redemption:
+    """A redemption as of `at` (a lock past its expiry shows as released)."""
+    r = r.as_of(at)
     out = res.Redemption(
         order_id=r.order_id,
         coupon=coupon_out(r.coupon, at),
@@ -310,10 +349,47 @@ def redemption_out(r: m.Redemption, at: datetime) -> res.Redemption:
         discount_minor=r.discount_minor,
         redeem_time=ts(r.redeemed_at),
         released=r.released_at is not None,
+        state=_REDEMPTION_STATE[r.state],
+        partially_refunded=r.partially_refunded,
     )
-    if r.released_at is not None:
-        out.release_time.CopyFrom(ts(r.released_at))
+    if r.release_reason is not None:
+        out.release_reason = _RELEASE_REASON[r.release_reason]
+    for name, value in (
+        ("release_time", r.released_at),
+        ("lock_expire_time", r.lock_expires_at),
+        ("confirm_time", r.confirmed_at),
+        ("refund_time", r.refunded_at),
+    ):
+        if value is not None:
+            getattr(out, name).CopyFrom(ts(value))
     return out
+
+
+def grant_out(c: m.Coupon, at: datetime) -> res.PoolGrant:
+    """A coupon as a line of its pool's winner list."""
+    return res.PoolGrant(
+        sequence=c.grant_sequence,
+        grant_time=ts(c.valid_from),
+        viewer_id=c.viewer_id,
+        coupon_id=c.coupon_id,
+        state=_COUPON_STATE[c.state_at(at)],
+    )
+
+
+def stats_out(s: m.PoolStats) -> res.PoolStats:
+    return res.PoolStats(
+        pool_id=s.pool_id,
+        total_quantity=s.total_quantity,
+        remaining_quantity=s.remaining_quantity,
+        granted_quantity=s.granted_quantity,
+        held_quantity=s.held_quantity,
+        locked_quantity=s.locked_quantity,
+        redeemed_quantity=s.redeemed_quantity,
+        released_quantity=s.released_quantity,
+        expired_quantity=s.expired_quantity,
+        withdrawn_quantity=s.withdrawn_quantity,
+        server_time=ts(s.server_time),
+    )
 
 
 def allocation_out(a: m.AllocationResult) -> svc.AllocateResponse:

@@ -15,7 +15,7 @@ from server.api.calls import CallRunner, UnaryBehavior, safe_deserializer
 from server.domain.errors import Overloaded
 from server.domain.models import Principal, Role, RoomEvent
 from server.metrics import Metrics
-from server.service import allocate, configure, coupons, rooms, subscribe
+from server.service import allocate, checkout, configure, coupons, reports, rooms, subscribe
 from server.service.admission import AdmissionGate
 from server.service.context import ServiceContext
 from server.service.grants import GrantDesk
@@ -135,7 +135,28 @@ class Servicer:
     async def redeem_coupon(
         self, principal: Principal, request: svc.RedeemCouponRequest
     ) -> tuple[svc.RedeemCouponResponse, str]:
-        redemption = await coupons.redeem(
+        redemption = await checkout.lock(
+            self.ctx,
+            principal,
+            request.order_id,
+            request.coupon_code,
+            request.viewer_id,
+            request.currency_code,
+            convert.order_lines_in(list(request.lines)),
+            convert.fingerprint(request),
+            one_step=True,
+        )
+        return (
+            svc.RedeemCouponResponse(
+                redemption=convert.redemption_out(redemption, self.ctx.clock())
+            ),
+            f"order={request.order_id} discount={redemption.discount_minor}",
+        )
+
+    async def lock_coupon(
+        self, principal: Principal, request: svc.LockCouponRequest
+    ) -> tuple[svc.LockCouponResponse, str]:
+        redemption = await checkout.lock(
             self.ctx,
             principal,
             request.order_id,
@@ -146,10 +167,18 @@ class Servicer:
             convert.fingerprint(request),
         )
         return (
-            svc.RedeemCouponResponse(
-                redemption=convert.redemption_out(redemption, self.ctx.clock())
-            ),
+            svc.LockCouponResponse(redemption=convert.redemption_out(redemption, self.ctx.clock())),
             f"order={request.order_id} discount={redemption.discount_minor}",
+        )
+
+    async def confirm_coupons(
+        self, principal: Principal, request: svc.ConfirmCouponsRequest
+    ) -> tuple[svc.ConfirmCouponsResponse, str]:
+        order = await checkout.confirm(self.ctx, principal, request.order_id)
+        now = self.ctx.clock()
+        return (
+            svc.ConfirmCouponsResponse(redemptions=[convert.redemption_out(r, now) for r in order]),
+            f"order={request.order_id} coupons={len(order)}",
         )
 
     async def release_coupon(
@@ -157,14 +186,54 @@ class Servicer:
         principal: Principal,
         request: svc.ReleaseCouponRequest,
     ) -> tuple[svc.ReleaseCouponResponse, str]:
-        redemption = await coupons.release(self.ctx, principal, request.order_id)
+        order = await checkout.release(
+            self.ctx, principal, request.order_id, convert.release_reason_in(request.reason)
+        )
+        now = self.ctx.clock()
+        out = [convert.redemption_out(r, now) for r in order]
+        return (
+            svc.ReleaseCouponResponse(redemption=out[0], coupon=out[0].coupon, redemptions=out),
+            f"order={request.order_id} coupons={len(order)}",
+        )
+
+    async def refund_coupons(
+        self, principal: Principal, request: svc.RefundCouponsRequest
+    ) -> tuple[svc.RefundCouponsResponse, str]:
+        order = await checkout.refund(
+            self.ctx, principal, request.order_id, convert.refund_kind_in(request.kind)
+        )
         now = self.ctx.clock()
         return (
-            svc.ReleaseCouponResponse(
-                redemption=convert.redemption_out(redemption, now),
-                coupon=convert.coupon_out(redemption.coupon, now),
+            svc.RefundCouponsResponse(redemptions=[convert.redemption_out(r, now) for r in order]),
+            f"order={request.order_id} coupons={len(order)}",
+        )
+
+    async def list_pool_grants(
+        self, principal: Principal, request: svc.ListPoolGrantsRequest
+    ) -> tuple[svc.ListPoolGrantsResponse, str]:
+        page, token = await reports.list_grants(
+            self.ctx,
+            principal,
+            request.room_id,
+            request.pool_id,
+            request.page_size,
+            request.page_token,
+        )
+        now = self.ctx.clock()
+        return (
+            svc.ListPoolGrantsResponse(
+                grants=[convert.grant_out(c, now) for c in page], next_page_token=token
             ),
-            f"order={request.order_id}",
+            f"pool={request.pool_id} count={len(page)}",
+        )
+
+    async def get_pool_stats(
+        self, principal: Principal, request: svc.GetPoolStatsRequest
+    ) -> tuple[svc.GetPoolStatsResponse, str]:
+        stats = await reports.pool_stats(self.ctx, principal, request.room_id, request.pool_id)
+        return (
+            svc.GetPoolStatsResponse(stats=convert.stats_out(stats)),
+            f"pool={request.pool_id} remaining={stats.remaining_quantity}",
         )
 
     async def stream_allocation_info(
@@ -217,6 +286,15 @@ class Servicer:
             "ListCoupons": (self.list_coupons, svc.ListCouponsRequest, Role.VIEWER),
             "RedeemCoupon": (self.redeem_coupon, svc.RedeemCouponRequest, Role.ORDER_SERVICE),
             "ReleaseCoupon": (self.release_coupon, svc.ReleaseCouponRequest, Role.ORDER_SERVICE),
+            "LockCoupon": (self.lock_coupon, svc.LockCouponRequest, Role.ORDER_SERVICE),
+            "ConfirmCoupons": (
+                self.confirm_coupons,
+                svc.ConfirmCouponsRequest,
+                Role.ORDER_SERVICE,
+            ),
+            "RefundCoupons": (self.refund_coupons, svc.RefundCouponsRequest, Role.ORDER_SERVICE),
+            "ListPoolGrants": (self.list_pool_grants, svc.ListPoolGrantsRequest, Role.STREAMER),
+            "GetPoolStats": (self.get_pool_stats, svc.GetPoolStatsRequest, Role.STREAMER),
         }
         # The batched grab path shields its own store work; no task per grab for it.
         own_shield = {"Allocate"} if self.desk is not None else set()

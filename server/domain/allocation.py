@@ -61,5 +61,7 @@ def grant(
         currency_code=pool.currency_code,
         valid_from=now,
         valid_until=pool.validity.end_for_grant(now),
+        grant_sequence=after.granted_quantity,
+        stackable=pool.stackable,
     )
     return after, coupon, events

@@ -63,6 +63,31 @@ class CouponState(enum.StrEnum):
     AVAILABLE = "available"
     REDEEMED = "redeemed"
     EXPIRED = "expired"
+    LOCKED = "locked"
+
+
+class RedemptionState(enum.StrEnum):
+    """Where a coupon stands on one order."""
+
+    LOCKED = "locked"
+    CONFIRMED = "confirmed"
+    RELEASED = "released"
+    REFUNDED = "refunded"
+
+
+class ReleaseReason(enum.StrEnum):
+    """Why a coupon went back to its viewer from an order."""
+
+    ORDER_CANCELLED = "order_cancelled"
+    PAYMENT_FAILED = "payment_failed"
+    LOCK_EXPIRED = "lock_expired"
+
+
+class RefundKind(enum.StrEnum):
+    """How much of an order was refunded."""
+
+    FULL = "full"
+    PARTIAL = "partial"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +178,7 @@ class PoolSpec:
     claim_start: datetime | None
     claim_end: datetime | None
     validity: Validity
+    stackable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +207,8 @@ class Pool:
     # The last state announced to the room's subscribers; lags state_at() until the
     # lifecycle ticker (or the next write to the pool) announces the transition.
     announced_state: PoolState = PoolState.SCHEDULED
+    stackable: bool = False
+    """Whether its coupons combine with other coupons of the room on one order."""
 
     def state_at(self, now: datetime) -> PoolState:
         """The pool's state at `now`, derived from its window, stock and closing."""
@@ -212,11 +240,29 @@ class Coupon:
     valid_from: datetime
     valid_until: datetime
     redeemed_order_id: str | None = None
+    """The order it is locked for or used on (a lock past lock_expires_at no longer holds)."""
+    lock_expires_at: datetime | None = None
+    """Set while locked for an order whose payment is pending; None once confirmed."""
+    release_count: int = 0
+    """How many times it went back to its viewer from an order."""
+    grant_sequence: int = 0
+    """Its place in the pool's grants: 1 for the first, +1 per grant."""
+    stackable: bool = False
+    """Whether its pool's coupons combine with the room's other coupons on one order."""
+
+    def order_at(self, now: datetime) -> str | None:
+        """The order holding it at `now`: a confirmed one, or a lock not yet expired."""
+        if self.redeemed_order_id is None:
+            return None
+        if self.lock_expires_at is not None and now >= self.lock_expires_at:
+            return None
+        return self.redeemed_order_id
 
     def state_at(self, now: datetime) -> CouponState:
-        """REDEEMED while on an order, else AVAILABLE until valid_until, then EXPIRED."""
-        if self.redeemed_order_id is not None:
-            return CouponState.REDEEMED
+        """LOCKED or REDEEMED while on an order, else AVAILABLE until valid_until, then
+        EXPIRED."""
+        if self.order_at(now) is not None:
+            return CouponState.REDEEMED if self.lock_expires_at is None else CouponState.LOCKED
         if now >= self.valid_until:
             return CouponState.EXPIRED
         return CouponState.AVAILABLE
@@ -234,14 +280,69 @@ class OrderLine:
 
 @dataclass(frozen=True, slots=True)
 class Redemption:
-    """A coupon redeemed on an order (and perhaps released when the order was cancelled)."""
+    """A coupon on an order: locked at checkout, then confirmed, released or refunded."""
 
     order_id: str
     coupon: Coupon
     eligible_subtotal_minor: int
     discount_minor: int
     redeemed_at: datetime
+    """When it was locked (or redeemed in one step)."""
     released_at: datetime | None = None
+    state: RedemptionState = RedemptionState.CONFIRMED
+    lock_expires_at: datetime | None = None
+    confirmed_at: datetime | None = None
+    release_reason: ReleaseReason | None = None
+    partially_refunded: bool = False
+    refunded_at: datetime | None = None
+
+    def as_of(self, now: datetime) -> Redemption:
+        """The redemption at `now`: a lock past its expiry is a release (LOCK_EXPIRED) at
+        that instant, whether or not the store has written it down yet."""
+        expires = self.lock_expires_at
+        if self.state is not RedemptionState.LOCKED or expires is None or now < expires:
+            return self
+        coupon = self.coupon
+        if coupon.redeemed_order_id == self.order_id:  # not yet locked by another order
+            coupon = replace(
+                coupon,
+                redeemed_order_id=None,
+                lock_expires_at=None,
+                release_count=coupon.release_count + 1,
+            )
+        return replace(
+            self,
+            coupon=coupon,
+            state=RedemptionState.RELEASED,
+            released_at=expires,
+            release_reason=ReleaseReason.LOCK_EXPIRED,
+        )
+
+    @property
+    def live(self) -> bool:
+        """Holding its coupon: locked or confirmed (call on `as_of(now)`)."""
+        return self.state in (RedemptionState.LOCKED, RedemptionState.CONFIRMED)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A pool's live counts: remaining + held + locked + redeemed + released + expired ==
+    total."""
+
+    pool_id: str
+    total_quantity: int
+    remaining_quantity: int
+    held_quantity: int
+    locked_quantity: int
+    redeemed_quantity: int
+    released_quantity: int
+    expired_quantity: int
+    withdrawn_quantity: int
+    server_time: datetime
+
+    @property
+    def granted_quantity(self) -> int:
+        return self.total_quantity - self.remaining_quantity
 
 
 class EventKind(enum.StrEnum):

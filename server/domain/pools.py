@@ -201,6 +201,7 @@ def new_pool(spec: PoolSpec, room: Room, pool_id: str, now: datetime) -> tuple[P
         version=1,
         created_at=now,
         updated_at=now,
+        stackable=spec.stackable,
     )
     state = pool.state_at(now)
     kind = EventKind.POOL_OPENED if state is PoolState.OPEN else EventKind.POOL_SCHEDULED

@@ -46,6 +46,8 @@ def check_redeemable(
     state = coupon.state_at(now)
     if state is CouponState.REDEEMED:
         raise fail("COUPON_ALREADY_REDEEMED", "the coupon is already redeemed on another order")
+    if state is CouponState.LOCKED:
+        raise fail("COUPON_LOCKED", "the coupon is locked for another order's checkout")
     if state is CouponState.EXPIRED:
         raise fail("COUPON_EXPIRED", "the coupon's validity has ended")
     if now < coupon.valid_from:

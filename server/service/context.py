@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from server.domain.errors import RequestIdReused
 from server.domain.options import Limits
@@ -17,6 +18,8 @@ class ServiceContext:
     store: Store
     limits: Limits = field(default_factory=Limits)
     clock: Clock = utc_now
+    checkout_lock: timedelta = timedelta(minutes=15)
+    """How long a coupon locked at checkout stays locked without a confirmation."""
 
 
 async def replay(tx: Transaction, key: IdempotencyKey) -> str | None:

@@ -16,6 +16,9 @@ from server.domain.models import (
     Outcome,
     Pool,
     PoolState,
+    Redemption,
+    RedemptionState,
+    ReleaseReason,
     Shop,
     Target,
     Validity,
@@ -137,6 +140,7 @@ def pool_to_row(p: Pool) -> dict[str, Any]:
         "closed_at_us": opt_us(p.closed_at),
         "close_reason": None if p.close_reason is None else p.close_reason.value,
         "announced_state": p.announced_state.value,
+        "stackable": p.stackable,
     }
 
 
@@ -167,6 +171,8 @@ def pool_from_row(r: Any) -> Pool:
         closed_at=opt_dt(r["closed_at_us"]),
         close_reason=None if r["close_reason"] is None else CloseReason(r["close_reason"]),
         announced_state=PoolState(r["announced_state"]),
+        # Events written before the column existed carry no "stackable".
+        stackable=bool(r.get("stackable", False)),
     )
 
 
@@ -191,6 +197,10 @@ def coupon_to_dict(c: Coupon) -> dict[str, Any]:
         "valid_from_us": to_us(c.valid_from),
         "valid_until_us": to_us(c.valid_until),
         "redeemed_order_id": c.redeemed_order_id,
+        "lock_expires_at_us": opt_us(c.lock_expires_at),
+        "release_count": c.release_count,
+        "grant_seq": c.grant_sequence,
+        "stackable": c.stackable,
     }
 
 
@@ -207,6 +217,11 @@ def coupon_from_dict(d: Any) -> Coupon:
         valid_from=from_us(d["valid_from_us"]),
         valid_until=from_us(d["valid_until_us"]),
         redeemed_order_id=d["redeemed_order_id"],
+        # Answers recorded before these columns existed do not carry them.
+        lock_expires_at=opt_dt(d.get("lock_expires_at_us")),
+        release_count=d.get("release_count", 0),
+        grant_sequence=d.get("grant_seq", 0),
+        stackable=bool(d.get("stackable", False)),
     )
 
 
@@ -230,4 +245,41 @@ def allocation_from_json(text: str) -> AllocationResult:
         server_time=from_us(d["server_time_us"]),
         claim_start=opt_dt(d["claim_start_us"]),
         coupon=None if d["coupon"] is None else coupon_from_dict(d["coupon"]),
+    )
+
+
+def redemption_to_row(r: Redemption) -> dict[str, Any]:
+    """The redemptions table row of a redemption (without its fingerprint)."""
+    return {
+        "order_id": r.order_id,
+        "coupon_id": r.coupon.coupon_id,
+        "eligible_subtotal_minor": r.eligible_subtotal_minor,
+        "discount_minor": r.discount_minor,
+        "redeemed_at_us": to_us(r.redeemed_at),
+        "released_at_us": opt_us(r.released_at),
+        "state": r.state.value,
+        "lock_expires_at_us": opt_us(r.lock_expires_at),
+        "confirmed_at_us": opt_us(r.confirmed_at),
+        "release_reason": None if r.release_reason is None else r.release_reason.value,
+        "partially_refunded": r.partially_refunded,
+        "refunded_at_us": opt_us(r.refunded_at),
+    }
+
+
+def redemption_from_row(r: Any, coupon: Coupon) -> Redemption:
+    """A redemption from its row and its coupon."""
+    reason = r["release_reason"]
+    return Redemption(
+        order_id=r["order_id"],
+        coupon=coupon,
+        eligible_subtotal_minor=r["eligible_subtotal_minor"],
+        discount_minor=r["discount_minor"],
+        redeemed_at=from_us(r["redeemed_at_us"]),
+        released_at=opt_dt(r["released_at_us"]),
+        state=RedemptionState(r["state"]),
+        lock_expires_at=opt_dt(r["lock_expires_at_us"]),
+        confirmed_at=opt_dt(r["confirmed_at_us"]),
+        release_reason=None if reason is None else ReleaseReason(reason),
+        partially_refunded=bool(r["partially_refunded"]),
+        refunded_at=opt_dt(r["refunded_at_us"]),
     )

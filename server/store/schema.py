@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     ForeignKey,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 
@@ -62,6 +64,7 @@ pools = Table(
     Column("closed_at_us", BigInteger, nullable=True),
     Column("close_reason", String(16), nullable=True),
     Column("announced_state", String(16), nullable=False),
+    Column("stackable", Boolean, nullable=False, server_default=false()),
     CheckConstraint("remaining_quantity >= 0", name="ck_pools_remaining_nonneg"),
     CheckConstraint("granted_quantity >= 0", name="ck_pools_granted_nonneg"),
     CheckConstraint("withdrawn_quantity >= 0", name="ck_pools_withdrawn_nonneg"),
@@ -89,29 +92,47 @@ coupons = Table(
     Column("per_viewer_limit", Integer, nullable=False),
     Column("valid_from_us", BigInteger, nullable=False),
     Column("valid_until_us", BigInteger, nullable=False),
+    # The order holding it: confirmed (lock_expires_at_us NULL) or locked until
+    # lock_expires_at_us (a lock past it no longer holds the coupon).
     Column("redeemed_order_id", String(64), nullable=True),
+    Column("lock_expires_at_us", BigInteger, nullable=True),
+    Column("release_count", Integer, nullable=False, server_default=text("0")),
+    # The pool's n-th grant, in the order decided: the winner list.
+    Column("grant_seq", BigInteger, nullable=False, server_default=text("0")),
     UniqueConstraint("code", name="uq_coupons_code"),
     UniqueConstraint("pool_id", "viewer_id", "slot", name="uq_coupons_viewer_slot"),
     UniqueConstraint("viewer_id", "request_id", name="uq_coupons_request"),
     CheckConstraint("slot >= 1 AND slot <= per_viewer_limit", name="ck_coupons_slot"),
     Index("ix_coupons_viewer", "viewer_id", "valid_from_us"),
+    Index("uq_coupons_grant_seq", "pool_id", "grant_seq", unique=True),
 )
 
 redemptions = Table(
     "redemptions",
     metadata,
-    Column("order_id", String(64), primary_key=True),
+    Column("order_id", String(64), nullable=False),
     Column("coupon_id", String(64), ForeignKey("coupons.coupon_id"), nullable=False),
     Column("fingerprint", String(64), nullable=False),
     Column("eligible_subtotal_minor", BigInteger, nullable=False),
     Column("discount_minor", BigInteger, nullable=False),
-    Column("redeemed_at_us", BigInteger, nullable=False),
+    Column("redeemed_at_us", BigInteger, nullable=False),  # locked (or redeemed in one step)
     Column("released_at_us", BigInteger, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("lock_expires_at_us", BigInteger, nullable=True),
+    Column("confirmed_at_us", BigInteger, nullable=True),
+    Column("release_reason", String(16), nullable=True),
+    Column("partially_refunded", Boolean, nullable=False, server_default=false()),
+    Column("refunded_at_us", BigInteger, nullable=True),
+    PrimaryKeyConstraint("order_id", "coupon_id", name="pk_redemptions"),
     CheckConstraint(
         "discount_minor >= 0 AND discount_minor <= eligible_subtotal_minor",
         name="ck_redemptions_discount",
     ),
-    # One live redemption per coupon.
+    CheckConstraint(
+        "state IN ('locked', 'confirmed', 'released', 'refunded')", name="ck_redemptions_state"
+    ),
+    # One live redemption per coupon (a lock past its expiry is released before another
+    # order may lock the coupon).
     Index(
         "uq_redemptions_live_coupon",
         "coupon_id",

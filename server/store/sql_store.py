@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     cast,
     column,
     delete,
@@ -65,9 +66,13 @@ _COUPON_COLUMNS = (
     coupons.c.valid_from_us,
     coupons.c.valid_until_us,
     coupons.c.redeemed_order_id,
+    coupons.c.lock_expires_at_us,
+    coupons.c.release_count,
+    coupons.c.grant_seq,
     pools.c.terms,
     pools.c.target,
     pools.c.currency_code,
+    pools.c.stackable,
 )
 
 
@@ -355,6 +360,9 @@ class SqlTransaction:
                     "valid_from_us": codec.to_us(g.coupon.valid_from),
                     "valid_until_us": codec.to_us(g.coupon.valid_until),
                     "redeemed_order_id": g.coupon.redeemed_order_id,
+                    "lock_expires_at_us": codec.opt_us(g.coupon.lock_expires_at),
+                    "release_count": g.coupon.release_count,
+                    "grant_seq": g.coupon.grant_sequence,
                 }
                 for g in grants
             ],
@@ -392,11 +400,13 @@ class SqlTransaction:
         r = await self._one(self._coupon_query().where(coupons.c.coupon_id == coupon_id))
         return None if r is None else _coupon_from_row(r)
 
-    async def get_coupon_by_code(self, code: str) -> Coupon | None:
+    async def get_coupon_by_code(self, code: str, *, for_update: bool = True) -> Coupon | None:
         if "\x00" in code:
             # No code holds NUL, and PostgreSQL refuses it even as a value to compare.
             return None
-        stmt = self._locked(self._coupon_query().where(coupons.c.code == code), of=coupons)
+        stmt = self._coupon_query().where(coupons.c.code == code)
+        if for_update:
+            stmt = self._locked(stmt, of=coupons)
         r = await self._one(stmt)
         return None if r is None else _coupon_from_row(r)
 
@@ -418,48 +428,89 @@ class SqlTransaction:
         rows = (await self._conn.execute(stmt.limit(limit))).mappings().all()
         return [_coupon_from_row(r) for r in rows]
 
-    async def set_coupon_order(self, coupon_id: str, order_id: str | None) -> None:
-        await self._conn.execute(
-            update(coupons)
-            .where(coupons.c.coupon_id == coupon_id)
-            .values(redeemed_order_id=order_id)
-        )
+    async def update_coupon_holds(self, changed: Sequence[Coupon]) -> None:
+        for c in changed:
+            await self._conn.execute(
+                update(coupons)
+                .where(coupons.c.coupon_id == c.coupon_id)
+                .values(
+                    redeemed_order_id=c.redeemed_order_id,
+                    lock_expires_at_us=codec.opt_us(c.lock_expires_at),
+                    release_count=c.release_count,
+                )
+            )
 
-    async def get_redemption(self, order_id: str) -> tuple[Redemption, str] | None:
-        r = await self._one(select(redemptions).where(redemptions.c.order_id == order_id))
-        if r is None:
-            return None
-        coupon = await self.get_coupon(r["coupon_id"])
-        assert coupon is not None, "a redemption's coupon is held by a foreign key"
-        redemption = Redemption(
-            order_id=r["order_id"],
-            coupon=coupon,
-            eligible_subtotal_minor=r["eligible_subtotal_minor"],
-            discount_minor=r["discount_minor"],
-            redeemed_at=codec.from_us(r["redeemed_at_us"]),
-            released_at=codec.opt_dt(r["released_at_us"]),
+    async def lock_order(self, order_id: str) -> None:
+        if self._lock_rows:
+            # Units of work on one order queue here, so the stacking check of one lock sees
+            # every other lock of the order. SQLite's single writer gives the same order.
+            await self._conn.execute(
+                text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                {"space": _ORDER_LOCK_SPACE, "key": _lock_key("order", order_id)},
+            )
+
+    async def get_redemptions(self, order_id: str) -> list[tuple[Redemption, str]]:
+        rows = (
+            (
+                await self._conn.execute(
+                    select(redemptions)
+                    .where(redemptions.c.order_id == order_id)
+                    .order_by(redemptions.c.redeemed_at_us, redemptions.c.coupon_id)
+                )
+            )
+            .mappings()
+            .all()
         )
-        return redemption, r["fingerprint"]
+        out: list[tuple[Redemption, str]] = []
+        for r in rows:
+            coupon = await self.get_coupon(r["coupon_id"])
+            assert coupon is not None, "a redemption's coupon is held by a foreign key"
+            out.append((codec.redemption_from_row(r, coupon), r["fingerprint"]))
+        return out
 
     async def insert_redemption(self, redemption: Redemption, fingerprint: str) -> None:
-        await self._conn.execute(
-            insert(redemptions).values(
-                order_id=redemption.order_id,
-                coupon_id=redemption.coupon.coupon_id,
-                fingerprint=fingerprint,
-                eligible_subtotal_minor=redemption.eligible_subtotal_minor,
-                discount_minor=redemption.discount_minor,
-                redeemed_at_us=codec.to_us(redemption.redeemed_at),
-                released_at_us=None,
-            )
-        )
+        row = codec.redemption_to_row(redemption)
+        await self._conn.execute(insert(redemptions).values(fingerprint=fingerprint, **row))
 
-    async def mark_released(self, order_id: str, released_at: datetime) -> None:
-        await self._conn.execute(
-            update(redemptions)
-            .where(redemptions.c.order_id == order_id)
-            .values(released_at_us=codec.to_us(released_at))
+    async def update_redemptions(self, changed: Sequence[Redemption]) -> None:
+        for r in changed:
+            row = codec.redemption_to_row(r)
+            await self._conn.execute(
+                update(redemptions)
+                .where(
+                    redemptions.c.order_id == row.pop("order_id"),
+                    redemptions.c.coupon_id == row.pop("coupon_id"),
+                )
+                .values(**row)
+            )
+
+    async def pool_stats(self, pool_id: str, now: datetime) -> dict[str, int]:
+        at = codec.to_us(now)
+        c = coupons.c
+        on_order = c.redeemed_order_id.is_not(None)
+        lock_holds = or_(c.lock_expires_at_us.is_(None), c.lock_expires_at_us > at)
+        state = case(
+            (and_(on_order, c.lock_expires_at_us.is_(None)), "redeemed"),
+            (and_(on_order, c.lock_expires_at_us > at), "locked"),
+            (c.valid_until_us <= at, "expired"),
+            # A lock that expired gave the coupon back, as a release does.
+            (or_(c.release_count > 0, and_(on_order, ~lock_holds)), "released"),
+            else_="held",
         )
+        rows = await self._conn.execute(
+            select(state.label("state"), func.count()).where(c.pool_id == pool_id).group_by(state)
+        )
+        return {name: int(count) for name, count in rows}
+
+    async def list_grants(self, pool_id: str, after: int, limit: int) -> list[Coupon]:
+        stmt = (
+            self._coupon_query()
+            .where(coupons.c.pool_id == pool_id, coupons.c.grant_seq > after)
+            .order_by(coupons.c.grant_seq)
+            .limit(limit)
+        )
+        rows = (await self._conn.execute(stmt)).mappings().all()
+        return [_coupon_from_row(r) for r in rows]
 
     async def append_events(self, room_id: str, drafts: list[EventDraft], now: datetime) -> int:
         await self.append_events_many({room_id: drafts}, now)
@@ -752,6 +803,7 @@ class SqlStore:
 
 _MIGRATION_LOCK_KEY = 0x6C69_7665_7265_73  # PostgreSQL advisory lock held while migrating
 _ANSWER_LOCK_SPACE = 0x6C72_6964  # advisory locks (space, key) of request ids ("lrid")
+_ORDER_LOCK_SPACE = 0x6C72_6F64  # advisory locks (space, key) of orders ("lrod")
 
 
 def _lock_key(subject: str, request_id: str) -> int:

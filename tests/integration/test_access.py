@@ -40,6 +40,11 @@ UNARY_RPCS = (
     "ListCoupons",
     "RedeemCoupon",
     "ReleaseCoupon",
+    "LockCoupon",
+    "ConfirmCoupons",
+    "RefundCoupons",
+    "ListPoolGrants",
+    "GetPoolStats",
 )
 ALL_RPCS = (*UNARY_RPCS, STREAM)
 ROLES = ("platform", "streamer", "viewer", "order_service")
@@ -51,6 +56,11 @@ ALLOWED = {
     "ListCoupons": "viewer",
     "RedeemCoupon": "order_service",
     "ReleaseCoupon": "order_service",
+    "LockCoupon": "order_service",
+    "ConfirmCoupons": "order_service",
+    "RefundCoupons": "order_service",
+    "ListPoolGrants": "streamer",
+    "GetPoolStats": "streamer",
 }
 DENIED = [(rpc, role) for rpc in UNARY_RPCS for role in ROLES if role != ALLOWED[rpc]]
 GARBAGE = (b"\xff\xff\xff\xff", b"\x0a\x05ab")
@@ -188,6 +198,11 @@ class World:
             "ListCoupons": self.viewer_id,
             "RedeemCoupon": self.orders_id,
             "ReleaseCoupon": self.orders_id,
+            "LockCoupon": self.orders_id,
+            "ConfirmCoupons": self.orders_id,
+            "RefundCoupons": self.orders_id,
+            "ListPoolGrants": self.streamer_id,
+            "GetPoolStats": self.streamer_id,
         }.get(rpc, self.viewer_id)
 
     def order_lines(self) -> list[res.OrderLine]:
@@ -226,6 +241,22 @@ class World:
             )
         if rpc == "ReleaseCoupon":
             return svc.ReleaseCouponRequest(order_id=self.redeemed_order)
+        if rpc == "LockCoupon":
+            return svc.LockCouponRequest(
+                order_id=unique("order"),
+                coupon_code=self.free_code,
+                viewer_id=self.viewer_id,
+                currency_code=CURRENCY,
+                lines=self.order_lines(),
+            )
+        if rpc == "ConfirmCoupons":
+            return svc.ConfirmCouponsRequest(order_id=self.redeemed_order)
+        if rpc == "RefundCoupons":
+            return svc.RefundCouponsRequest(order_id=self.redeemed_order, kind=svc.REFUND_KIND_FULL)
+        if rpc == "ListPoolGrants":
+            return svc.ListPoolGrantsRequest(room_id=self.room_id, pool_id=self.pool.pool_id)
+        if rpc == "GetPoolStats":
+            return svc.GetPoolStatsRequest(room_id=self.room_id, pool_id=self.pool.pool_id)
         return svc.StreamAllocationInfoRequest(room_id=self.room_id)
 
     def invalid_request(self, rpc: str) -> Message:
@@ -249,6 +280,16 @@ class World:
             return svc.RedeemCouponRequest(order_id="bad order!", currency_code="cny")
         if rpc == "ReleaseCoupon":
             return svc.ReleaseCouponRequest(order_id="")
+        if rpc == "LockCoupon":
+            return svc.LockCouponRequest(order_id="bad order!", currency_code="cny")
+        if rpc == "ConfirmCoupons":
+            return svc.ConfirmCouponsRequest(order_id="")
+        if rpc == "RefundCoupons":
+            return svc.RefundCouponsRequest(order_id=self.redeemed_order)  # no kind
+        if rpc == "ListPoolGrants":
+            return svc.ListPoolGrantsRequest(room_id=self.room_id, pool_id="", page_size=-1)
+        if rpc == "GetPoolStats":
+            return svc.GetPoolStatsRequest(room_id=self.room_id, pool_id="bad pool!")
         return svc.StreamAllocationInfoRequest(room_id="", resume_after_sequence=-1)
 
     async def state(self) -> tuple[int, list[res.Pool], list[tuple[str, int, str]]]:
@@ -380,6 +421,11 @@ _ALLOWED_INVALID = {
     "ListCoupons": (Code.INVALID_ARGUMENT, "page_size"),
     "RedeemCoupon": (Code.INVALID_ARGUMENT, "order_id"),
     "ReleaseCoupon": (Code.INVALID_ARGUMENT, "order_id"),
+    "LockCoupon": (Code.INVALID_ARGUMENT, "order_id"),
+    "ConfirmCoupons": (Code.INVALID_ARGUMENT, "order_id"),
+    "RefundCoupons": (Code.INVALID_ARGUMENT, "kind"),
+    "ListPoolGrants": (Code.INVALID_ARGUMENT, "pool_id"),
+    "GetPoolStats": (Code.INVALID_ARGUMENT, "pool_id"),
     STREAM: (Code.INVALID_ARGUMENT, "room_id"),
 }
 

@@ -69,6 +69,10 @@ async def test_readme_grpcurl_examples_work_as_written(
     assert '"outcome": "ALLOCATION_OUTCOME_GRANTED"' in out, transcript
     assert '"discount_minor": "2000"' in out, transcript
     assert '"released": true' in out, transcript
+    for state in ("LOCKED", "CONFIRMED", "REFUNDED"):  # lock, confirm, refund in full
+        assert f'"state": "REDEMPTION_STATE_{state}"' in out, transcript
+    assert '"sequence": "1"' in out and '"viewer_id": "viewer-1"' in out, transcript  # winners
+    assert '"released_quantity": "1"' in out and '"remaining_quantity": "999"' in out, transcript
     # The only errors are the ones the README announces.
     errors = re.findall(r"Code: (\w+)", err)
     assert errors == ["DeadlineExceeded", "InvalidArgument"], transcript

@@ -4,9 +4,11 @@ migrations, round trips, the outbox, the constraints and how database errors are
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +31,7 @@ from server.domain.models import (
     Pool,
     PoolState,
     Redemption,
+    RedemptionState,
     Room,
     Shop,
     Target,
@@ -105,9 +108,14 @@ def make_coupon(coupon_id: str = "coupon-1", viewer_id: str = "viewer-1", **chan
         "currency_code": pool.currency_code,
         "valid_from": NOW,
         "valid_until": NOW + timedelta(days=3),
+        # Unique per pool, as the grab path numbers its grants.
+        "grant_sequence": next(_GRANT_SEQUENCE),
     }
     values.update(changes)
     return Coupon(**values)
+
+
+_GRANT_SEQUENCE = itertools.count(1)
 
 
 async def seed(store: SqlStore, *room_ids: str) -> None:
@@ -131,8 +139,8 @@ async def raw_rows(store: SqlStore, sql: str, **params: Any) -> list[tuple[Any, 
 
 _INSERT_COUPON = (
     "INSERT INTO coupons (coupon_id, code, pool_id, room_id, viewer_id, request_id, slot, "
-    "per_viewer_limit, valid_from_us, valid_until_us) VALUES (:coupon_id, :code, 'pool-1', "
-    "'room-1', :viewer_id, :request_id, :slot, :per_viewer_limit, 0, 1000)"
+    "per_viewer_limit, valid_from_us, valid_until_us, grant_seq) VALUES (:coupon_id, :code, "
+    "'pool-1', 'room-1', :viewer_id, :request_id, :slot, :per_viewer_limit, 0, 1000, :seq)"
 )
 
 
@@ -154,12 +162,14 @@ async def raw_coupon(
         request_id=request_id or f"req-{coupon_id}",
         slot=slot,
         per_viewer_limit=per_viewer_limit,
+        seq=next(_GRANT_SEQUENCE),
     )
 
 
 _INSERT_REDEMPTION = (
     "INSERT INTO redemptions (order_id, coupon_id, fingerprint, eligible_subtotal_minor, "
-    "discount_minor, redeemed_at_us) VALUES (:order_id, :coupon_id, 'fp', 1000, 100, 0)"
+    "discount_minor, redeemed_at_us, state) "
+    "VALUES (:order_id, :coupon_id, 'fp', 1000, 100, 0, 'confirmed')"
 )
 
 
@@ -442,13 +452,35 @@ async def test_a_second_live_redemption_in_a_transaction_is_a_conflict(store: Sq
         async with store.transaction(write=True) as tx:
             await tx.insert_redemption(Redemption("order-2", coupon, 1_000, 150, NOW), "fp-2")
     async with store.transaction(write=True) as tx:
-        await tx.mark_released("order-1", NOW + timedelta(minutes=1))
+        [(first, _)] = await tx.get_redemptions("order-1")
+        released = replace(
+            first, state=RedemptionState.RELEASED, released_at=NOW + timedelta(minutes=1)
+        )
+        await tx.update_redemptions([released])
         await tx.insert_redemption(Redemption("order-2", coupon, 1_000, 150, NOW), "fp-2")
     async with store.transaction(write=False) as tx:
-        found = await tx.get_redemption("order-2")
-        assert found is not None
-        assert found[0].released_at is None
-        assert found[1] == "fp-2"
+        assert [r for r, _ in await tx.get_redemptions("order-1")] == [released]
+        [(second, fingerprint)] = await tx.get_redemptions("order-2")
+        assert second.released_at is None and second.state is RedemptionState.CONFIRMED
+        assert fingerprint == "fp-2"
+
+
+async def test_an_order_holds_several_coupons_but_each_once(store: SqlStore) -> None:
+    await seed(store)
+    one, two = make_coupon("coupon-1"), make_coupon("coupon-2")
+    async with store.transaction(write=True) as tx:
+        await tx.insert_coupons([NewCoupon(one, "req-1", 1, 2), NewCoupon(two, "req-2", 2, 2)])
+        await tx.insert_redemption(Redemption("order-1", one, 1_000, 150, NOW), "fp-1")
+        await tx.insert_redemption(Redemption("order-1", two, 1_000, 100, NOW), "fp-2")
+    with pytest.raises(Conflict):
+        async with store.transaction(write=True) as tx:
+            await tx.insert_redemption(Redemption("order-1", one, 1_000, 150, NOW), "fp-3")
+    async with store.transaction(write=False) as tx:
+        found = await tx.get_redemptions("order-1")
+    assert [(r.coupon.coupon_id, fp) for r, fp in found] == [
+        ("coupon-1", "fp-1"),
+        ("coupon-2", "fp-2"),
+    ]
 
 
 # --- constraints enforced by the database itself ----------------------------------------

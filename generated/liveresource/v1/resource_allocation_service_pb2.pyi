@@ -58,6 +58,30 @@ ALLOCATION_OUTCOME_CLOSED: AllocationOutcome.ValueType  # 5
 """The claim window ended or the pool was stopped."""
 Global___AllocationOutcome: _TypeAlias = AllocationOutcome  # noqa: Y015
 
+class _RefundKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RefundKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RefundKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REFUND_KIND_UNSPECIFIED: _RefundKind.ValueType  # 0
+    """Not set; never valid in a request."""
+    REFUND_KIND_FULL: _RefundKind.ValueType  # 1
+    """The whole order: its coupons go back to their viewer."""
+    REFUND_KIND_PARTIAL: _RefundKind.ValueType  # 2
+    """Part of the order: its coupons stay used."""
+
+class RefundKind(_RefundKind, metaclass=_RefundKindEnumTypeWrapper):
+    """How much of an order was refunded."""
+
+REFUND_KIND_UNSPECIFIED: RefundKind.ValueType  # 0
+"""Not set; never valid in a request."""
+REFUND_KIND_FULL: RefundKind.ValueType  # 1
+"""The whole order: its coupons go back to their viewer."""
+REFUND_KIND_PARTIAL: RefundKind.ValueType  # 2
+"""Part of the order: its coupons stay used."""
+Global___RefundKind: _TypeAlias = RefundKind  # noqa: Y015
+
 @_typing.final
 class RegisterRoomRequest(_message.Message):
     """Request for RegisterRoom."""
@@ -170,12 +194,18 @@ class CreatePool(_message.Message):
     CLAIM_START_TIME_FIELD_NUMBER: _builtins.int
     CLAIM_END_TIME_FIELD_NUMBER: _builtins.int
     VALIDITY_FIELD_NUMBER: _builtins.int
+    STACKABLE_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     """Required. Title shown on the grab control, 1-100 characters."""
     total_quantity: _builtins.int
     """Required. How many coupons, within the room's quantity range."""
     per_viewer_limit: _builtins.int
     """Required. How many coupons one viewer may hold, within the room's range."""
+    stackable: _builtins.bool
+    """Optional. Whether its coupons combine with other coupons of the room on
+    one order; false means a coupon of this pool must be the order's only
+    coupon from this room.
+    """
     @_builtins.property
     def terms(self) -> _resources_pb2.CouponTerms:
         """Required. The coupon's discount; kind must be one of the room's coupon
@@ -213,10 +243,11 @@ class CreatePool(_message.Message):
         claim_start_time: _timestamp_pb2.Timestamp | None = ...,
         claim_end_time: _timestamp_pb2.Timestamp | None = ...,
         validity: _resources_pb2.CouponValidity | None = ...,
+        stackable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "target", b"target", "terms", b"terms", "validity", b"validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "per_viewer_limit", b"per_viewer_limit", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "validity", b"validity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "per_viewer_limit", b"per_viewer_limit", "stackable", b"stackable", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "validity", b"validity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -665,16 +696,22 @@ class ReleaseCouponRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ORDER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
-    """Required. The cancelled order."""
+    """Required. The order whose payment failed or that was cancelled."""
+    reason: _resources_pb2.ReleaseReason.ValueType
+    """Optional. Why; unset means RELEASE_REASON_ORDER_CANCELLED.
+    RELEASE_REASON_LOCK_EXPIRED is the server's own and not accepted here.
+    """
     def __init__(
         self,
         *,
         order_id: _builtins.str = ...,
+        reason: _resources_pb2.ReleaseReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -688,24 +725,304 @@ class ReleaseCouponResponse(_message.Message):
 
     REDEMPTION_FIELD_NUMBER: _builtins.int
     COUPON_FIELD_NUMBER: _builtins.int
+    REDEMPTIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def redemption(self) -> _resources_pb2.Redemption:
-        """The redemption, now marked released."""
+        """The order's first redemption, now released."""
 
     @_builtins.property
     def coupon(self) -> _resources_pb2.Coupon:
-        """The coupon as it is now (AVAILABLE again, or EXPIRED)."""
+        """That redemption's coupon as it is now (AVAILABLE again, or EXPIRED)."""
+
+    @_builtins.property
+    def redemptions(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Redemption]:
+        """Every coupon of the order, in the order they were locked."""
 
     def __init__(
         self,
         *,
         redemption: _resources_pb2.Redemption | None = ...,
         coupon: _resources_pb2.Coupon | None = ...,
+        redemptions: _abc.Iterable[_resources_pb2.Redemption] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["coupon", b"coupon", "redemption", b"redemption"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon", b"coupon", "redemption", b"redemption"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon", b"coupon", "redemption", b"redemption", "redemptions", b"redemptions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseCouponResponse: _TypeAlias = ReleaseCouponResponse  # noqa: Y015
+
+@_typing.final
+class LockCouponRequest(_message.Message):
+    """Request for LockCoupon."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    COUPON_CODE_FIELD_NUMBER: _builtins.int
+    VIEWER_ID_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """Required. The order being checked out. Same format as Room.room_id."""
+    coupon_code: _builtins.str
+    """Required. The coupon's code."""
+    viewer_id: _builtins.str
+    """Required. The buyer of the order; must hold the coupon."""
+    currency_code: _builtins.str
+    """Required. The order's currency; must be the coupon's."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.OrderLine]:
+        """Required. The order's lines, 1-500."""
+
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        coupon_code: _builtins.str = ...,
+        viewer_id: _builtins.str = ...,
+        currency_code: _builtins.str = ...,
+        lines: _abc.Iterable[_resources_pb2.OrderLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_code", b"coupon_code", "currency_code", b"currency_code", "lines", b"lines", "order_id", b"order_id", "viewer_id", b"viewer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LockCouponRequest: _TypeAlias = LockCouponRequest  # noqa: Y015
+
+@_typing.final
+class LockCouponResponse(_message.Message):
+    """Response for LockCoupon."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REDEMPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def redemption(self) -> _resources_pb2.Redemption:
+        """The coupon on the order: LOCKED with its discount and lock_expire_time
+        (or as it is now, when the call is repeated).
+        """
+
+    def __init__(
+        self,
+        *,
+        redemption: _resources_pb2.Redemption | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["redemption", b"redemption"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["redemption", b"redemption"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LockCouponResponse: _TypeAlias = LockCouponResponse  # noqa: Y015
+
+@_typing.final
+class ConfirmCouponsRequest(_message.Message):
+    """Request for ConfirmCoupons."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """Required. The order whose payment succeeded."""
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmCouponsRequest: _TypeAlias = ConfirmCouponsRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmCouponsResponse(_message.Message):
+    """Response for ConfirmCoupons."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REDEMPTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def redemptions(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Redemption]:
+        """Every coupon of the order, now CONFIRMED, in the order they were locked."""
+
+    def __init__(
+        self,
+        *,
+        redemptions: _abc.Iterable[_resources_pb2.Redemption] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["redemptions", b"redemptions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmCouponsResponse: _TypeAlias = ConfirmCouponsResponse  # noqa: Y015
+
+@_typing.final
+class RefundCouponsRequest(_message.Message):
+    """Request for RefundCoupons."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """Required. The refunded order."""
+    kind: Global___RefundKind.ValueType
+    """Required. Full or partial."""
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        kind: Global___RefundKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "order_id", b"order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundCouponsRequest: _TypeAlias = RefundCouponsRequest  # noqa: Y015
+
+@_typing.final
+class RefundCouponsResponse(_message.Message):
+    """Response for RefundCoupons."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REDEMPTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def redemptions(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Redemption]:
+        """Every coupon of the order as it is now, in the order they were locked."""
+
+    def __init__(
+        self,
+        *,
+        redemptions: _abc.Iterable[_resources_pb2.Redemption] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["redemptions", b"redemptions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundCouponsResponse: _TypeAlias = RefundCouponsResponse  # noqa: Y015
+
+@_typing.final
+class ListPoolGrantsRequest(_message.Message):
+    """Request for ListPoolGrants."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    POOL_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    """Required. The room, which the caller must own."""
+    pool_id: _builtins.str
+    """Required. The pool, in that room."""
+    page_size: _builtins.int
+    """Optional. Maximum grants to return, 0-1000; 0 means 100."""
+    page_token: _builtins.str
+    """Optional. The next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        pool_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "pool_id", b"pool_id", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPoolGrantsRequest: _TypeAlias = ListPoolGrantsRequest  # noqa: Y015
+
+@_typing.final
+class ListPoolGrantsResponse(_message.Message):
+    """Response for ListPoolGrants."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page so far."""
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.PoolGrant]:
+        """Grants in the order they were decided (sequence ascending)."""
+
+    def __init__(
+        self,
+        *,
+        grants: _abc.Iterable[_resources_pb2.PoolGrant] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPoolGrantsResponse: _TypeAlias = ListPoolGrantsResponse  # noqa: Y015
+
+@_typing.final
+class GetPoolStatsRequest(_message.Message):
+    """Request for GetPoolStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOM_ID_FIELD_NUMBER: _builtins.int
+    POOL_ID_FIELD_NUMBER: _builtins.int
+    room_id: _builtins.str
+    """Required. The room, which the caller must own."""
+    pool_id: _builtins.str
+    """Required. The pool, in that room."""
+    def __init__(
+        self,
+        *,
+        room_id: _builtins.str = ...,
+        pool_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool_id", b"pool_id", "room_id", b"room_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPoolStatsRequest: _TypeAlias = GetPoolStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetPoolStatsResponse(_message.Message):
+    """Response for GetPoolStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stats(self) -> _resources_pb2.PoolStats:
+        """The pool's counts now."""
+
+    def __init__(
+        self,
+        *,
+        stats: _resources_pb2.PoolStats | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPoolStatsResponse: _TypeAlias = GetPoolStatsResponse  # noqa: Y015

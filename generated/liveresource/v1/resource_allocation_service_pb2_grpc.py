@@ -83,10 +83,35 @@ class ResourceAllocationServiceStub:
                 request_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.RedeemCouponRequest.SerializeToString,
                 response_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.RedeemCouponResponse.FromString,
                 _registered_method=True)
+        self.LockCoupon = channel.unary_unary(
+                '/liveresource.v1.ResourceAllocationService/LockCoupon',
+                request_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.LockCouponRequest.SerializeToString,
+                response_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.LockCouponResponse.FromString,
+                _registered_method=True)
+        self.ConfirmCoupons = channel.unary_unary(
+                '/liveresource.v1.ResourceAllocationService/ConfirmCoupons',
+                request_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ConfirmCouponsRequest.SerializeToString,
+                response_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ConfirmCouponsResponse.FromString,
+                _registered_method=True)
         self.ReleaseCoupon = channel.unary_unary(
                 '/liveresource.v1.ResourceAllocationService/ReleaseCoupon',
                 request_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ReleaseCouponRequest.SerializeToString,
                 response_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ReleaseCouponResponse.FromString,
+                _registered_method=True)
+        self.RefundCoupons = channel.unary_unary(
+                '/liveresource.v1.ResourceAllocationService/RefundCoupons',
+                request_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.RefundCouponsRequest.SerializeToString,
+                response_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.RefundCouponsResponse.FromString,
+                _registered_method=True)
+        self.ListPoolGrants = channel.unary_unary(
+                '/liveresource.v1.ResourceAllocationService/ListPoolGrants',
+                request_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ListPoolGrantsRequest.SerializeToString,
+                response_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ListPoolGrantsResponse.FromString,
+                _registered_method=True)
+        self.GetPoolStats = channel.unary_unary(
+                '/liveresource.v1.ResourceAllocationService/GetPoolStats',
+                request_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.GetPoolStatsRequest.SerializeToString,
+                response_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.GetPoolStatsResponse.FromString,
                 _registered_method=True)
 
 
@@ -174,24 +199,76 @@ class ResourceAllocationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RedeemCoupon(self, request, context):
-        """Redeems a coupon on an order: checks the coupon belongs to the order's
-        buyer, is valid now, applies to some of the order's lines and that their
-        subtotal reaches the minimum spend, and returns the discount. Order
-        service only. Idempotent per order_id: repeating it returns the same
-        redemption; the same order_id with another coupon returns ALREADY_EXISTS.
-        NOT_FOUND for an unknown code; FAILED_PRECONDITION (with a
-        google.rpc.PreconditionFailure naming the reason) when the coupon cannot
-        be used on this order.
+        """Redeems a coupon on an order in one step (a lock confirmed at once): see
+        LockCoupon for the checks. Order service only. Idempotent per order_id:
+        repeating it returns the same redemption; the same order_id with another
+        coupon or other lines returns ALREADY_EXISTS. An order that needs several
+        coupons, or a payment step, uses LockCoupon and ConfirmCoupons instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LockCoupon(self, request, context):
+        """Locks a coupon for an order when checkout starts: checks the coupon
+        belongs to the order's buyer, is valid now and not on another order,
+        applies to some of the order's lines whose subtotal reaches the minimum
+        spend, and combines with the order's other coupons of the same room (both
+        pools stackable), and returns the discount. The lock expires on its own
+        (lock_expire_time) unless ConfirmCoupons confirms it first. Order service
+        only. Idempotent per (order_id, coupon_code): repeating it returns the
+        redemption as it is now; other lines for the same pair return
+        ALREADY_EXISTS. NOT_FOUND for an unknown code; FAILED_PRECONDITION (with a
+        google.rpc.PreconditionFailure naming the reason) when it cannot be used.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmCoupons(self, request, context):
+        """Confirms every coupon locked for an order once its payment succeeded.
+        Order service only. Idempotent per order_id. NOT_FOUND if no coupon was
+        locked for the order; FAILED_PRECONDITION (LOCK_EXPIRED, ORDER_RELEASED)
+        if any of its coupons is no longer locked, and then nothing changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseCoupon(self, request, context):
-        """Releases the coupon redeemed on an order that was cancelled: it goes back
-        to its viewer, usable again if still within its validity. Order service
-        only. Idempotent per order_id. NOT_FOUND if nothing was redeemed on the
-        order.
+        """Releases the coupons of an order whose payment failed or that was
+        cancelled: they go back to their viewer, usable again if still within
+        their validity. Order service only. Idempotent per order_id. NOT_FOUND if
+        no coupon was locked or redeemed on the order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefundCoupons(self, request, context):
+        """Records a refund of a confirmed order: a full refund gives its coupons
+        back to their viewer (same coupon, same validity); a partial refund keeps
+        them used. Order service only. Idempotent per order_id. NOT_FOUND if no
+        coupon was redeemed on the order; FAILED_PRECONDITION (NOT_CONFIRMED) if
+        its payment was never confirmed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPoolGrants(self, request, context):
+        """Lists a pool's grants in the order the server decided them (the winner
+        list). Streamer owning the room only. NOT_FOUND if the pool is not in the
+        room.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPoolStats(self, request, context):
+        """Returns a pool's live counts: remaining, held, locked, redeemed, released
+        and expired, which add up to its total. Streamer owning the room only.
+        NOT_FOUND if the pool is not in the room.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,10 +312,35 @@ def add_ResourceAllocationServiceServicer_to_server(servicer, server):
                     request_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.RedeemCouponRequest.FromString,
                     response_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.RedeemCouponResponse.SerializeToString,
             ),
+            'LockCoupon': grpc.unary_unary_rpc_method_handler(
+                    servicer.LockCoupon,
+                    request_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.LockCouponRequest.FromString,
+                    response_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.LockCouponResponse.SerializeToString,
+            ),
+            'ConfirmCoupons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmCoupons,
+                    request_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ConfirmCouponsRequest.FromString,
+                    response_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ConfirmCouponsResponse.SerializeToString,
+            ),
             'ReleaseCoupon': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseCoupon,
                     request_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ReleaseCouponRequest.FromString,
                     response_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ReleaseCouponResponse.SerializeToString,
+            ),
+            'RefundCoupons': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundCoupons,
+                    request_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.RefundCouponsRequest.FromString,
+                    response_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.RefundCouponsResponse.SerializeToString,
+            ),
+            'ListPoolGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPoolGrants,
+                    request_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ListPoolGrantsRequest.FromString,
+                    response_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.ListPoolGrantsResponse.SerializeToString,
+            ),
+            'GetPoolStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPoolStats,
+                    request_deserializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.GetPoolStatsRequest.FromString,
+                    response_serializer=liveresource_dot_v1_dot_resource__allocation__service__pb2.GetPoolStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -455,6 +557,60 @@ class ResourceAllocationService:
             _registered_method=True)
 
     @staticmethod
+    def LockCoupon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveresource.v1.ResourceAllocationService/LockCoupon',
+            liveresource_dot_v1_dot_resource__allocation__service__pb2.LockCouponRequest.SerializeToString,
+            liveresource_dot_v1_dot_resource__allocation__service__pb2.LockCouponResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmCoupons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveresource.v1.ResourceAllocationService/ConfirmCoupons',
+            liveresource_dot_v1_dot_resource__allocation__service__pb2.ConfirmCouponsRequest.SerializeToString,
+            liveresource_dot_v1_dot_resource__allocation__service__pb2.ConfirmCouponsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ReleaseCoupon(request,
             target,
             options=(),
@@ -471,6 +627,87 @@ class ResourceAllocationService:
             '/liveresource.v1.ResourceAllocationService/ReleaseCoupon',
             liveresource_dot_v1_dot_resource__allocation__service__pb2.ReleaseCouponRequest.SerializeToString,
             liveresource_dot_v1_dot_resource__allocation__service__pb2.ReleaseCouponResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundCoupons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveresource.v1.ResourceAllocationService/RefundCoupons',
+            liveresource_dot_v1_dot_resource__allocation__service__pb2.RefundCouponsRequest.SerializeToString,
+            liveresource_dot_v1_dot_resource__allocation__service__pb2.RefundCouponsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPoolGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveresource.v1.ResourceAllocationService/ListPoolGrants',
+            liveresource_dot_v1_dot_resource__allocation__service__pb2.ListPoolGrantsRequest.SerializeToString,
+            liveresource_dot_v1_dot_resource__allocation__service__pb2.ListPoolGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPoolStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liveresource.v1.ResourceAllocationService/GetPoolStats',
+            liveresource_dot_v1_dot_resource__allocation__service__pb2.GetPoolStatsRequest.SerializeToString,
+            liveresource_dot_v1_dot_resource__allocation__service__pb2.GetPoolStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -89,20 +89,52 @@ class ResourceAllocationServiceStub:
     ListCoupons: _grpc.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.ListCouponsRequest, _resource_allocation_service_pb2.ListCouponsResponse]
     """Lists the calling viewer's coupons, newest first. Viewer only."""
     RedeemCoupon: _grpc.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.RedeemCouponRequest, _resource_allocation_service_pb2.RedeemCouponResponse]
-    """Redeems a coupon on an order: checks the coupon belongs to the order's
-    buyer, is valid now, applies to some of the order's lines and that their
-    subtotal reaches the minimum spend, and returns the discount. Order
-    service only. Idempotent per order_id: repeating it returns the same
-    redemption; the same order_id with another coupon returns ALREADY_EXISTS.
-    NOT_FOUND for an unknown code; FAILED_PRECONDITION (with a
-    google.rpc.PreconditionFailure naming the reason) when the coupon cannot
-    be used on this order.
+    """Redeems a coupon on an order in one step (a lock confirmed at once): see
+    LockCoupon for the checks. Order service only. Idempotent per order_id:
+    repeating it returns the same redemption; the same order_id with another
+    coupon or other lines returns ALREADY_EXISTS. An order that needs several
+    coupons, or a payment step, uses LockCoupon and ConfirmCoupons instead.
+    """
+    LockCoupon: _grpc.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.LockCouponRequest, _resource_allocation_service_pb2.LockCouponResponse]
+    """Locks a coupon for an order when checkout starts: checks the coupon
+    belongs to the order's buyer, is valid now and not on another order,
+    applies to some of the order's lines whose subtotal reaches the minimum
+    spend, and combines with the order's other coupons of the same room (both
+    pools stackable), and returns the discount. The lock expires on its own
+    (lock_expire_time) unless ConfirmCoupons confirms it first. Order service
+    only. Idempotent per (order_id, coupon_code): repeating it returns the
+    redemption as it is now; other lines for the same pair return
+    ALREADY_EXISTS. NOT_FOUND for an unknown code; FAILED_PRECONDITION (with a
+    google.rpc.PreconditionFailure naming the reason) when it cannot be used.
+    """
+    ConfirmCoupons: _grpc.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.ConfirmCouponsRequest, _resource_allocation_service_pb2.ConfirmCouponsResponse]
+    """Confirms every coupon locked for an order once its payment succeeded.
+    Order service only. Idempotent per order_id. NOT_FOUND if no coupon was
+    locked for the order; FAILED_PRECONDITION (LOCK_EXPIRED, ORDER_RELEASED)
+    if any of its coupons is no longer locked, and then nothing changes.
     """
     ReleaseCoupon: _grpc.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.ReleaseCouponRequest, _resource_allocation_service_pb2.ReleaseCouponResponse]
-    """Releases the coupon redeemed on an order that was cancelled: it goes back
-    to its viewer, usable again if still within its validity. Order service
-    only. Idempotent per order_id. NOT_FOUND if nothing was redeemed on the
-    order.
+    """Releases the coupons of an order whose payment failed or that was
+    cancelled: they go back to their viewer, usable again if still within
+    their validity. Order service only. Idempotent per order_id. NOT_FOUND if
+    no coupon was locked or redeemed on the order.
+    """
+    RefundCoupons: _grpc.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.RefundCouponsRequest, _resource_allocation_service_pb2.RefundCouponsResponse]
+    """Records a refund of a confirmed order: a full refund gives its coupons
+    back to their viewer (same coupon, same validity); a partial refund keeps
+    them used. Order service only. Idempotent per order_id. NOT_FOUND if no
+    coupon was redeemed on the order; FAILED_PRECONDITION (NOT_CONFIRMED) if
+    its payment was never confirmed.
+    """
+    ListPoolGrants: _grpc.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.ListPoolGrantsRequest, _resource_allocation_service_pb2.ListPoolGrantsResponse]
+    """Lists a pool's grants in the order the server decided them (the winner
+    list). Streamer owning the room only. NOT_FOUND if the pool is not in the
+    room.
+    """
+    GetPoolStats: _grpc.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.GetPoolStatsRequest, _resource_allocation_service_pb2.GetPoolStatsResponse]
+    """Returns a pool's live counts: remaining, held, locked, redeemed, released
+    and expired, which add up to its total. Streamer owning the room only.
+    NOT_FOUND if the pool is not in the room.
     """
 
 @_typing.type_check_only
@@ -166,20 +198,52 @@ class ResourceAllocationServiceAsyncStub(ResourceAllocationServiceStub):
     ListCoupons: _aio.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.ListCouponsRequest, _resource_allocation_service_pb2.ListCouponsResponse]  # type: ignore[assignment]
     """Lists the calling viewer's coupons, newest first. Viewer only."""
     RedeemCoupon: _aio.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.RedeemCouponRequest, _resource_allocation_service_pb2.RedeemCouponResponse]  # type: ignore[assignment]
-    """Redeems a coupon on an order: checks the coupon belongs to the order's
-    buyer, is valid now, applies to some of the order's lines and that their
-    subtotal reaches the minimum spend, and returns the discount. Order
-    service only. Idempotent per order_id: repeating it returns the same
-    redemption; the same order_id with another coupon returns ALREADY_EXISTS.
-    NOT_FOUND for an unknown code; FAILED_PRECONDITION (with a
-    google.rpc.PreconditionFailure naming the reason) when the coupon cannot
-    be used on this order.
+    """Redeems a coupon on an order in one step (a lock confirmed at once): see
+    LockCoupon for the checks. Order service only. Idempotent per order_id:
+    repeating it returns the same redemption; the same order_id with another
+    coupon or other lines returns ALREADY_EXISTS. An order that needs several
+    coupons, or a payment step, uses LockCoupon and ConfirmCoupons instead.
+    """
+    LockCoupon: _aio.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.LockCouponRequest, _resource_allocation_service_pb2.LockCouponResponse]  # type: ignore[assignment]
+    """Locks a coupon for an order when checkout starts: checks the coupon
+    belongs to the order's buyer, is valid now and not on another order,
+    applies to some of the order's lines whose subtotal reaches the minimum
+    spend, and combines with the order's other coupons of the same room (both
+    pools stackable), and returns the discount. The lock expires on its own
+    (lock_expire_time) unless ConfirmCoupons confirms it first. Order service
+    only. Idempotent per (order_id, coupon_code): repeating it returns the
+    redemption as it is now; other lines for the same pair return
+    ALREADY_EXISTS. NOT_FOUND for an unknown code; FAILED_PRECONDITION (with a
+    google.rpc.PreconditionFailure naming the reason) when it cannot be used.
+    """
+    ConfirmCoupons: _aio.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.ConfirmCouponsRequest, _resource_allocation_service_pb2.ConfirmCouponsResponse]  # type: ignore[assignment]
+    """Confirms every coupon locked for an order once its payment succeeded.
+    Order service only. Idempotent per order_id. NOT_FOUND if no coupon was
+    locked for the order; FAILED_PRECONDITION (LOCK_EXPIRED, ORDER_RELEASED)
+    if any of its coupons is no longer locked, and then nothing changes.
     """
     ReleaseCoupon: _aio.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.ReleaseCouponRequest, _resource_allocation_service_pb2.ReleaseCouponResponse]  # type: ignore[assignment]
-    """Releases the coupon redeemed on an order that was cancelled: it goes back
-    to its viewer, usable again if still within its validity. Order service
-    only. Idempotent per order_id. NOT_FOUND if nothing was redeemed on the
-    order.
+    """Releases the coupons of an order whose payment failed or that was
+    cancelled: they go back to their viewer, usable again if still within
+    their validity. Order service only. Idempotent per order_id. NOT_FOUND if
+    no coupon was locked or redeemed on the order.
+    """
+    RefundCoupons: _aio.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.RefundCouponsRequest, _resource_allocation_service_pb2.RefundCouponsResponse]  # type: ignore[assignment]
+    """Records a refund of a confirmed order: a full refund gives its coupons
+    back to their viewer (same coupon, same validity); a partial refund keeps
+    them used. Order service only. Idempotent per order_id. NOT_FOUND if no
+    coupon was redeemed on the order; FAILED_PRECONDITION (NOT_CONFIRMED) if
+    its payment was never confirmed.
+    """
+    ListPoolGrants: _aio.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.ListPoolGrantsRequest, _resource_allocation_service_pb2.ListPoolGrantsResponse]  # type: ignore[assignment]
+    """Lists a pool's grants in the order the server decided them (the winner
+    list). Streamer owning the room only. NOT_FOUND if the pool is not in the
+    room.
+    """
+    GetPoolStats: _aio.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.GetPoolStatsRequest, _resource_allocation_service_pb2.GetPoolStatsResponse]  # type: ignore[assignment]
+    """Returns a pool's live counts: remaining, held, locked, redeemed, released
+    and expired, which add up to its total. Streamer owning the room only.
+    NOT_FOUND if the pool is not in the room.
     """
 
 class ResourceAllocationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -282,14 +346,41 @@ class ResourceAllocationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _resource_allocation_service_pb2.RedeemCouponRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resource_allocation_service_pb2.RedeemCouponResponse, _abc.Awaitable[_resource_allocation_service_pb2.RedeemCouponResponse]]:
-        """Redeems a coupon on an order: checks the coupon belongs to the order's
-        buyer, is valid now, applies to some of the order's lines and that their
-        subtotal reaches the minimum spend, and returns the discount. Order
-        service only. Idempotent per order_id: repeating it returns the same
-        redemption; the same order_id with another coupon returns ALREADY_EXISTS.
-        NOT_FOUND for an unknown code; FAILED_PRECONDITION (with a
-        google.rpc.PreconditionFailure naming the reason) when the coupon cannot
-        be used on this order.
+        """Redeems a coupon on an order in one step (a lock confirmed at once): see
+        LockCoupon for the checks. Order service only. Idempotent per order_id:
+        repeating it returns the same redemption; the same order_id with another
+        coupon or other lines returns ALREADY_EXISTS. An order that needs several
+        coupons, or a payment step, uses LockCoupon and ConfirmCoupons instead.
+        """
+
+    @_abc_1.abstractmethod
+    def LockCoupon(
+        self,
+        request: _resource_allocation_service_pb2.LockCouponRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resource_allocation_service_pb2.LockCouponResponse, _abc.Awaitable[_resource_allocation_service_pb2.LockCouponResponse]]:
+        """Locks a coupon for an order when checkout starts: checks the coupon
+        belongs to the order's buyer, is valid now and not on another order,
+        applies to some of the order's lines whose subtotal reaches the minimum
+        spend, and combines with the order's other coupons of the same room (both
+        pools stackable), and returns the discount. The lock expires on its own
+        (lock_expire_time) unless ConfirmCoupons confirms it first. Order service
+        only. Idempotent per (order_id, coupon_code): repeating it returns the
+        redemption as it is now; other lines for the same pair return
+        ALREADY_EXISTS. NOT_FOUND for an unknown code; FAILED_PRECONDITION (with a
+        google.rpc.PreconditionFailure naming the reason) when it cannot be used.
+        """
+
+    @_abc_1.abstractmethod
+    def ConfirmCoupons(
+        self,
+        request: _resource_allocation_service_pb2.ConfirmCouponsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resource_allocation_service_pb2.ConfirmCouponsResponse, _abc.Awaitable[_resource_allocation_service_pb2.ConfirmCouponsResponse]]:
+        """Confirms every coupon locked for an order once its payment succeeded.
+        Order service only. Idempotent per order_id. NOT_FOUND if no coupon was
+        locked for the order; FAILED_PRECONDITION (LOCK_EXPIRED, ORDER_RELEASED)
+        if any of its coupons is no longer locked, and then nothing changes.
         """
 
     @_abc_1.abstractmethod
@@ -298,10 +389,45 @@ class ResourceAllocationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _resource_allocation_service_pb2.ReleaseCouponRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resource_allocation_service_pb2.ReleaseCouponResponse, _abc.Awaitable[_resource_allocation_service_pb2.ReleaseCouponResponse]]:
-        """Releases the coupon redeemed on an order that was cancelled: it goes back
-        to its viewer, usable again if still within its validity. Order service
-        only. Idempotent per order_id. NOT_FOUND if nothing was redeemed on the
-        order.
+        """Releases the coupons of an order whose payment failed or that was
+        cancelled: they go back to their viewer, usable again if still within
+        their validity. Order service only. Idempotent per order_id. NOT_FOUND if
+        no coupon was locked or redeemed on the order.
+        """
+
+    @_abc_1.abstractmethod
+    def RefundCoupons(
+        self,
+        request: _resource_allocation_service_pb2.RefundCouponsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resource_allocation_service_pb2.RefundCouponsResponse, _abc.Awaitable[_resource_allocation_service_pb2.RefundCouponsResponse]]:
+        """Records a refund of a confirmed order: a full refund gives its coupons
+        back to their viewer (same coupon, same validity); a partial refund keeps
+        them used. Order service only. Idempotent per order_id. NOT_FOUND if no
+        coupon was redeemed on the order; FAILED_PRECONDITION (NOT_CONFIRMED) if
+        its payment was never confirmed.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPoolGrants(
+        self,
+        request: _resource_allocation_service_pb2.ListPoolGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resource_allocation_service_pb2.ListPoolGrantsResponse, _abc.Awaitable[_resource_allocation_service_pb2.ListPoolGrantsResponse]]:
+        """Lists a pool's grants in the order the server decided them (the winner
+        list). Streamer owning the room only. NOT_FOUND if the pool is not in the
+        room.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPoolStats(
+        self,
+        request: _resource_allocation_service_pb2.GetPoolStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resource_allocation_service_pb2.GetPoolStatsResponse, _abc.Awaitable[_resource_allocation_service_pb2.GetPoolStatsResponse]]:
+        """Returns a pool's live counts: remaining, held, locked, redeemed, released
+        and expired, which add up to its total. Streamer owning the room only.
+        NOT_FOUND if the pool is not in the room.
         """
 
 def add_ResourceAllocationServiceServicer_to_server(servicer: ResourceAllocationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -91,6 +91,11 @@ class _CouponStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CouponSta
     """Used on an order."""
     COUPON_STATE_EXPIRED: _CouponState.ValueType  # 3
     """Its validity ended before it was used."""
+    COUPON_STATE_LOCKED: _CouponState.ValueType  # 4
+    """Locked for an order whose payment is pending (see LockCoupon); it becomes
+    REDEEMED when the payment is confirmed, or goes back to the viewer when the
+    payment fails, the order is cancelled or the lock expires.
+    """
 
 class CouponState(_CouponState, metaclass=_CouponStateEnumTypeWrapper):
     """Where a granted coupon stands."""
@@ -103,7 +108,76 @@ COUPON_STATE_REDEEMED: CouponState.ValueType  # 2
 """Used on an order."""
 COUPON_STATE_EXPIRED: CouponState.ValueType  # 3
 """Its validity ended before it was used."""
+COUPON_STATE_LOCKED: CouponState.ValueType  # 4
+"""Locked for an order whose payment is pending (see LockCoupon); it becomes
+REDEEMED when the payment is confirmed, or goes back to the viewer when the
+payment fails, the order is cancelled or the lock expires.
+"""
 Global___CouponState: _TypeAlias = CouponState  # noqa: Y015
+
+class _RedemptionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RedemptionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RedemptionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REDEMPTION_STATE_UNSPECIFIED: _RedemptionState.ValueType  # 0
+    """Not set."""
+    REDEMPTION_STATE_LOCKED: _RedemptionState.ValueType  # 1
+    """Locked at checkout; waiting for the payment (until lock_expire_time)."""
+    REDEMPTION_STATE_CONFIRMED: _RedemptionState.ValueType  # 2
+    """The payment succeeded: the coupon is used on the order."""
+    REDEMPTION_STATE_RELEASED: _RedemptionState.ValueType  # 3
+    """Given back to the viewer (payment failed, order cancelled or lock expired);
+    see release_reason.
+    """
+    REDEMPTION_STATE_REFUNDED: _RedemptionState.ValueType  # 4
+    """The order was refunded in full and the coupon given back to the viewer."""
+
+class RedemptionState(_RedemptionState, metaclass=_RedemptionStateEnumTypeWrapper):
+    """Where a coupon stands on one order."""
+
+REDEMPTION_STATE_UNSPECIFIED: RedemptionState.ValueType  # 0
+"""Not set."""
+REDEMPTION_STATE_LOCKED: RedemptionState.ValueType  # 1
+"""Locked at checkout; waiting for the payment (until lock_expire_time)."""
+REDEMPTION_STATE_CONFIRMED: RedemptionState.ValueType  # 2
+"""The payment succeeded: the coupon is used on the order."""
+REDEMPTION_STATE_RELEASED: RedemptionState.ValueType  # 3
+"""Given back to the viewer (payment failed, order cancelled or lock expired);
+see release_reason.
+"""
+REDEMPTION_STATE_REFUNDED: RedemptionState.ValueType  # 4
+"""The order was refunded in full and the coupon given back to the viewer."""
+Global___RedemptionState: _TypeAlias = RedemptionState  # noqa: Y015
+
+class _ReleaseReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReleaseReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReleaseReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELEASE_REASON_UNSPECIFIED: _ReleaseReason.ValueType  # 0
+    """Not set. In ReleaseCouponRequest it means ORDER_CANCELLED."""
+    RELEASE_REASON_ORDER_CANCELLED: _ReleaseReason.ValueType  # 1
+    """The order was cancelled."""
+    RELEASE_REASON_PAYMENT_FAILED: _ReleaseReason.ValueType  # 2
+    """The payment failed."""
+    RELEASE_REASON_LOCK_EXPIRED: _ReleaseReason.ValueType  # 3
+    """The checkout lock expired before the payment was confirmed."""
+
+class ReleaseReason(_ReleaseReason, metaclass=_ReleaseReasonEnumTypeWrapper):
+    """Why a coupon was released from an order."""
+
+RELEASE_REASON_UNSPECIFIED: ReleaseReason.ValueType  # 0
+"""Not set. In ReleaseCouponRequest it means ORDER_CANCELLED."""
+RELEASE_REASON_ORDER_CANCELLED: ReleaseReason.ValueType  # 1
+"""The order was cancelled."""
+RELEASE_REASON_PAYMENT_FAILED: ReleaseReason.ValueType  # 2
+"""The payment failed."""
+RELEASE_REASON_LOCK_EXPIRED: ReleaseReason.ValueType  # 3
+"""The checkout lock expired before the payment was confirmed."""
+Global___ReleaseReason: _TypeAlias = ReleaseReason  # noqa: Y015
 
 @_typing.final
 class Room(_message.Message):
@@ -377,6 +451,7 @@ class Pool(_message.Message):
     WITHDRAWN_QUANTITY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    STACKABLE_FIELD_NUMBER: _builtins.int
     pool_id: _builtins.str
     """Output only. Server-assigned pool id."""
     room_id: _builtins.str
@@ -401,6 +476,10 @@ class Pool(_message.Message):
     """
     withdrawn_quantity: _builtins.int
     """Output only. Stock withdrawn when the pool closed with coupons left."""
+    stackable: _builtins.bool
+    """Whether this pool's coupons combine with other coupons of the same room on
+    one order (see LockCoupon). Set at creation; immutable.
+    """
     @_builtins.property
     def terms(self) -> Global___CouponTerms:
         """The coupon every grant of this pool carries."""
@@ -449,10 +528,11 @@ class Pool(_message.Message):
         withdrawn_quantity: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        stackable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "create_time", b"create_time", "target", b"target", "terms", b"terms", "update_time", b"update_time", "validity", b"validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "create_time", b"create_time", "granted_quantity", b"granted_quantity", "per_viewer_limit", b"per_viewer_limit", "pool_id", b"pool_id", "remaining_quantity", b"remaining_quantity", "room_id", b"room_id", "state", b"state", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "update_time", b"update_time", "validity", b"validity", "version", b"version", "withdrawn_quantity", b"withdrawn_quantity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "create_time", b"create_time", "granted_quantity", b"granted_quantity", "per_viewer_limit", b"per_viewer_limit", "pool_id", b"pool_id", "remaining_quantity", b"remaining_quantity", "room_id", b"room_id", "stackable", b"stackable", "state", b"state", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "update_time", b"update_time", "validity", b"validity", "version", b"version", "withdrawn_quantity", b"withdrawn_quantity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -475,6 +555,7 @@ class Coupon(_message.Message):
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     ORDER_ID_FIELD_NUMBER: _builtins.int
+    GRANT_SEQUENCE_FIELD_NUMBER: _builtins.int
     coupon_id: _builtins.str
     """Output only. Server-assigned id."""
     code: _builtins.str
@@ -490,7 +571,13 @@ class Coupon(_message.Message):
     state: Global___CouponState.ValueType
     """Output only. Its state now."""
     order_id: _builtins.str
-    """Output only. The order it is redeemed on, when state is REDEEMED."""
+    """Output only. The order it is locked for or redeemed on, when state is
+    LOCKED or REDEEMED.
+    """
+    grant_sequence: _builtins.int
+    """Output only. Its place in the order the server decided the pool's grants:
+    1 for the pool's first coupon, then +1 for each grant, with no gap.
+    """
     @_builtins.property
     def terms(self) -> Global___CouponTerms:
         """Output only. The discount and its minimum spend."""
@@ -521,10 +608,11 @@ class Coupon(_message.Message):
         valid_until: _timestamp_pb2.Timestamp | None = ...,
         state: Global___CouponState.ValueType = ...,
         order_id: _builtins.str = ...,
+        grant_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target", "terms", b"terms", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "coupon_id", b"coupon_id", "order_id", b"order_id", "pool_id", b"pool_id", "room_id", b"room_id", "state", b"state", "target", b"target", "terms", b"terms", "valid_from", b"valid_from", "valid_until", b"valid_until", "viewer_id", b"viewer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "coupon_id", b"coupon_id", "grant_sequence", b"grant_sequence", "order_id", b"order_id", "pool_id", b"pool_id", "room_id", b"room_id", "state", b"state", "target", b"target", "terms", b"terms", "valid_from", b"valid_from", "valid_until", b"valid_until", "viewer_id", b"viewer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -566,7 +654,10 @@ Global___OrderLine: _TypeAlias = OrderLine  # noqa: Y015
 
 @_typing.final
 class Redemption(_message.Message):
-    """A coupon redeemed on an order."""
+    """A coupon on an order: locked at checkout, then confirmed, released or
+    refunded. A released or refunded coupon goes back to its viewer as the same
+    coupon with the same validity (an expired one stays expired).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -577,25 +668,49 @@ class Redemption(_message.Message):
     REDEEM_TIME_FIELD_NUMBER: _builtins.int
     RELEASED_FIELD_NUMBER: _builtins.int
     RELEASE_TIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LOCK_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    CONFIRM_TIME_FIELD_NUMBER: _builtins.int
+    RELEASE_REASON_FIELD_NUMBER: _builtins.int
+    PARTIALLY_REFUNDED_FIELD_NUMBER: _builtins.int
+    REFUND_TIME_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
-    """The order it was redeemed on."""
+    """The order."""
     eligible_subtotal_minor: _builtins.int
     """The sum of price x quantity over the lines the coupon applies to."""
     discount_minor: _builtins.int
-    """The discount granted on the order, in minor units."""
+    """The discount on the order, in minor units."""
     released: _builtins.bool
-    """True once the order was cancelled and the coupon released."""
+    """True once the coupon went back to the viewer (state RELEASED or REFUNDED)."""
+    state: Global___RedemptionState.ValueType
+    """Where it stands now."""
+    release_reason: Global___ReleaseReason.ValueType
+    """Why it was released, when state is RELEASED."""
+    partially_refunded: _builtins.bool
+    """True if part of the order was refunded: the coupon stays used."""
     @_builtins.property
     def coupon(self) -> Global___Coupon:
-        """The coupon redeemed."""
+        """The coupon, as it is now."""
 
     @_builtins.property
     def redeem_time(self) -> _timestamp_pb2.Timestamp:
-        """When it was redeemed."""
+        """When it was locked (or redeemed in one step)."""
 
     @_builtins.property
     def release_time(self) -> _timestamp_pb2.Timestamp:
-        """When it was released, if released."""
+        """When it went back to the viewer, if it did."""
+
+    @_builtins.property
+    def lock_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When a LOCKED coupon's lock expires on its own."""
+
+    @_builtins.property
+    def confirm_time(self) -> _timestamp_pb2.Timestamp:
+        """When the payment was confirmed, if it was."""
+
+    @_builtins.property
+    def refund_time(self) -> _timestamp_pb2.Timestamp:
+        """When the order was refunded (in part or in full), if it was."""
 
     def __init__(
         self,
@@ -607,14 +722,128 @@ class Redemption(_message.Message):
         redeem_time: _timestamp_pb2.Timestamp | None = ...,
         released: _builtins.bool = ...,
         release_time: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___RedemptionState.ValueType = ...,
+        lock_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        confirm_time: _timestamp_pb2.Timestamp | None = ...,
+        release_reason: Global___ReleaseReason.ValueType = ...,
+        partially_refunded: _builtins.bool = ...,
+        refund_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["coupon", b"coupon", "redeem_time", b"redeem_time", "release_time", b"release_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["confirm_time", b"confirm_time", "coupon", b"coupon", "lock_expire_time", b"lock_expire_time", "redeem_time", b"redeem_time", "refund_time", b"refund_time", "release_time", b"release_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon", b"coupon", "discount_minor", b"discount_minor", "eligible_subtotal_minor", b"eligible_subtotal_minor", "order_id", b"order_id", "redeem_time", b"redeem_time", "release_time", b"release_time", "released", b"released"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_time", b"confirm_time", "coupon", b"coupon", "discount_minor", b"discount_minor", "eligible_subtotal_minor", b"eligible_subtotal_minor", "lock_expire_time", b"lock_expire_time", "order_id", b"order_id", "partially_refunded", b"partially_refunded", "redeem_time", b"redeem_time", "refund_time", b"refund_time", "release_reason", b"release_reason", "release_time", b"release_time", "released", b"released", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Redemption: _TypeAlias = Redemption  # noqa: Y015
+
+@_typing.final
+class PoolGrant(_message.Message):
+    """One grant of a pool, in the order the server decided them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    GRANT_TIME_FIELD_NUMBER: _builtins.int
+    VIEWER_ID_FIELD_NUMBER: _builtins.int
+    COUPON_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The grant's place: 1 for the pool's first coupon, then +1 per grant."""
+    viewer_id: _builtins.str
+    """The viewer who got the coupon."""
+    coupon_id: _builtins.str
+    """The coupon's id (not its code, which only its viewer sees)."""
+    state: Global___CouponState.ValueType
+    """Where the coupon stands now."""
+    @_builtins.property
+    def grant_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was granted."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        grant_time: _timestamp_pb2.Timestamp | None = ...,
+        viewer_id: _builtins.str = ...,
+        coupon_id: _builtins.str = ...,
+        state: Global___CouponState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grant_time", b"grant_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_id", b"coupon_id", "grant_time", b"grant_time", "sequence", b"sequence", "state", b"state", "viewer_id", b"viewer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolGrant: _TypeAlias = PoolGrant  # noqa: Y015
+
+@_typing.final
+class PoolStats(_message.Message):
+    """Live counts of a pool. Every coupon of total_quantity is in exactly one of
+    remaining, held, locked, redeemed, released or expired, so
+    remaining + held + locked + redeemed + released + expired == total, and
+    held + locked + redeemed + released + expired == granted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_QUANTITY_FIELD_NUMBER: _builtins.int
+    REMAINING_QUANTITY_FIELD_NUMBER: _builtins.int
+    GRANTED_QUANTITY_FIELD_NUMBER: _builtins.int
+    HELD_QUANTITY_FIELD_NUMBER: _builtins.int
+    LOCKED_QUANTITY_FIELD_NUMBER: _builtins.int
+    REDEEMED_QUANTITY_FIELD_NUMBER: _builtins.int
+    RELEASED_QUANTITY_FIELD_NUMBER: _builtins.int
+    EXPIRED_QUANTITY_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_QUANTITY_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_FIELD_NUMBER: _builtins.int
+    pool_id: _builtins.str
+    """The pool."""
+    total_quantity: _builtins.int
+    """Total stock (everything added minus what was withdrawn at closing)."""
+    remaining_quantity: _builtins.int
+    """Not granted yet."""
+    granted_quantity: _builtins.int
+    """Granted so far (total minus remaining)."""
+    held_quantity: _builtins.int
+    """Granted, usable and never on an order."""
+    locked_quantity: _builtins.int
+    """Locked for an order whose payment is pending."""
+    redeemed_quantity: _builtins.int
+    """Used on an order (confirmed, or refunded only in part)."""
+    released_quantity: _builtins.int
+    """Back with their viewers after a release or full refund, and usable."""
+    expired_quantity: _builtins.int
+    """Validity ended while not on an order."""
+    withdrawn_quantity: _builtins.int
+    """Withdrawn when the pool closed with stock left (not part of total)."""
+    @_builtins.property
+    def server_time(self) -> _timestamp_pb2.Timestamp:
+        """The server's clock when the counts were taken."""
+
+    def __init__(
+        self,
+        *,
+        pool_id: _builtins.str = ...,
+        total_quantity: _builtins.int = ...,
+        remaining_quantity: _builtins.int = ...,
+        granted_quantity: _builtins.int = ...,
+        held_quantity: _builtins.int = ...,
+        locked_quantity: _builtins.int = ...,
+        redeemed_quantity: _builtins.int = ...,
+        released_quantity: _builtins.int = ...,
+        expired_quantity: _builtins.int = ...,
+        withdrawn_quantity: _builtins.int = ...,
+        server_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expired_quantity", b"expired_quantity", "granted_quantity", b"granted_quantity", "held_quantity", b"held_quantity", "locked_quantity", b"locked_quantity", "pool_id", b"pool_id", "redeemed_quantity", b"redeemed_quantity", "released_quantity", b"released_quantity", "remaining_quantity", b"remaining_quantity", "server_time", b"server_time", "total_quantity", b"total_quantity", "withdrawn_quantity", b"withdrawn_quantity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolStats: _TypeAlias = PoolStats  # noqa: Y015
 
 @_typing.final
 class ConfigurationOptions(_message.Message):
