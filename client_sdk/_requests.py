@@ -29,21 +29,28 @@ def configure_resources(
     add_stock: svc_pb2.AddStock | None,
     update_claim_window: svc_pb2.UpdateClaimWindow | None,
     stop_pool: svc_pb2.StopPool | None,
+    pin_pool: svc_pb2.PinPool | None = None,
+    unpin_pool: svc_pb2.UnpinPool | None = None,
+    resend_pool: svc_pb2.ResendPool | None = None,
     request_id: str | None,
 ) -> svc_pb2.ConfigureResourcesRequest:
-    operations = (create_pool, add_stock, update_claim_window, stop_pool)
-    if sum(op is not None for op in operations) != 1:
-        raise ValueError(
-            "give exactly one of create_pool, add_stock, update_claim_window and stop_pool"
-        )
-    return svc_pb2.ConfigureResourcesRequest(
-        request_id=request_id or new_request_id(),
-        room_id=room_id,
-        create_pool=create_pool,
-        add_stock=add_stock,
-        update_claim_window=update_claim_window,
-        stop_pool=stop_pool,
+    operations = {
+        "create_pool": create_pool,
+        "add_stock": add_stock,
+        "update_claim_window": update_claim_window,
+        "stop_pool": stop_pool,
+        "pin_pool": pin_pool,
+        "unpin_pool": unpin_pool,
+        "resend_pool": resend_pool,
+    }
+    given = [name for name, op in operations.items() if op is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of " + ", ".join(operations))
+    request = svc_pb2.ConfigureResourcesRequest(
+        request_id=request_id or new_request_id(), room_id=room_id
     )
+    getattr(request, given[0]).CopyFrom(operations[given[0]])
+    return request
 
 
 def allocate(pool_id: str, request_id: str | None) -> svc_pb2.AllocateRequest:

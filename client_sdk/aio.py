@@ -123,6 +123,9 @@ class AsyncLiveResourceClient:
         add_stock: svc_pb2.AddStock | None = None,
         update_claim_window: svc_pb2.UpdateClaimWindow | None = None,
         stop_pool: svc_pb2.StopPool | None = None,
+        pin_pool: svc_pb2.PinPool | None = None,
+        unpin_pool: svc_pb2.UnpinPool | None = None,
+        resend_pool: svc_pb2.ResendPool | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
         metadata: Metadata | None = None,
@@ -134,6 +137,9 @@ class AsyncLiveResourceClient:
             add_stock=add_stock,
             update_claim_window=update_claim_window,
             stop_pool=stop_pool,
+            pin_pool=pin_pool,
+            unpin_pool=unpin_pool,
+            resend_pool=resend_pool,
             request_id=request_id,
         )
         return await self._unary(

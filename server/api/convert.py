@@ -18,7 +18,10 @@ from server.service.configure import (
     AddStockOp,
     ConfigureOp,
     CreatePoolOp,
+    PinPoolOp,
+    ResendPoolOp,
     StopPoolOp,
+    UnpinPoolOp,
     UpdateWindowOp,
 )
 
@@ -198,6 +201,9 @@ def configure_op_in(request: svc.ConfigureResourcesRequest) -> ConfigureOp:
             claim_end=end,
             validity=_validity_in(c.validity, f"{f}.validity", out),
             stackable=c.stackable,
+            claim_duration=duration_in(c.claim_duration, f"{f}.claim_duration", out)
+            if c.HasField("claim_duration")
+            else None,
         )
         op = CreatePoolOp(spec)
     elif which == "add_stock":
@@ -211,10 +217,20 @@ def configure_op_in(request: svc.ConfigureResourcesRequest) -> ConfigureOp:
         op = UpdateWindowOp(w.pool_id, w.expected_version, start, end)
     elif which == "stop_pool":
         op = StopPoolOp(request.stop_pool.pool_id, request.stop_pool.expected_version)
+    elif which == "pin_pool":
+        op = PinPoolOp(request.pin_pool.pool_id, request.pin_pool.expected_version)
+    elif which == "unpin_pool":
+        op = UnpinPoolOp(request.unpin_pool.pool_id, request.unpin_pool.expected_version)
+    elif which == "resend_pool":
+        r = request.resend_pool
+        end = _optional_time(r, "claim_end_time", "resend_pool", out)
+        op = ResendPoolOp(r.pool_id, r.expected_version, end)
     else:
         out.append(
             FieldViolation(
-                "operation", "is required: create_pool, add_stock, update_claim_window or stop_pool"
+                "operation",
+                "is required: create_pool, add_stock, update_claim_window, stop_pool, "
+                "pin_pool, unpin_pool or resend_pool",
             )
         )
     if out:
@@ -315,7 +331,11 @@ def pool_out(p: m.Pool, at: datetime) -> res.Pool:
         create_time=ts(p.created_at),
         update_time=ts(p.updated_at),
         stackable=p.stackable,
+        pinned=p.pinned,
+        round=p.round,
     )
+    if p.claim_duration is not None:
+        out.claim_duration.CopyFrom(_dur(p.claim_duration))
     if p.claim_end is not None:
         out.claim_end_time.CopyFrom(ts(p.claim_end))
     return out
@@ -461,6 +481,12 @@ def event_out(e: m.RoomEvent) -> ev.RoomEvent:
         out.stock_changed.total_quantity = p.total_quantity
     elif e.kind is m.EventKind.POOL_SOLD_OUT:
         out.pool_sold_out.total_quantity = p.total_quantity
+    elif e.kind is m.EventKind.POOL_PINNED:
+        out.pool_pinned.pool.CopyFrom(pool_out(p, e.event_time))
+    elif e.kind is m.EventKind.POOL_UNPINNED:
+        out.pool_unpinned.pool.CopyFrom(pool_out(p, e.event_time))
+    elif e.kind is m.EventKind.POOL_RESENT:
+        out.pool_resent.pool.CopyFrom(pool_out(p, e.event_time))
     else:
         out.pool_closed.reason = _CLOSE[p.close_reason or m.CloseReason.WINDOW_ENDED]
         out.pool_closed.withdrawn_quantity = p.withdrawn_quantity

@@ -179,6 +179,8 @@ class PoolSpec:
     claim_end: datetime | None
     validity: Validity
     stackable: bool = False
+    claim_duration: timedelta | None = None
+    """Claimable for this long after each opening (the push); not with claim_end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +211,12 @@ class Pool:
     announced_state: PoolState = PoolState.SCHEDULED
     stackable: bool = False
     """Whether its coupons combine with other coupons of the room on one order."""
+    pinned: bool = False
+    """Highlighted in the apps; at most one pool of a room."""
+    round: int = 1
+    """1 for the first claim window, +1 per resend."""
+    claim_duration: timedelta | None = None
+    """Claimable for this long after each opening: claim_end is opening + this."""
 
     def state_at(self, now: datetime) -> PoolState:
         """The pool's state at `now`, derived from its window, stock and closing."""
@@ -354,6 +362,9 @@ class EventKind(enum.StrEnum):
     STOCK_CHANGED = "stock_changed"
     POOL_SOLD_OUT = "pool_sold_out"
     POOL_CLOSED = "pool_closed"
+    POOL_PINNED = "pool_pinned"
+    POOL_UNPINNED = "pool_unpinned"
+    POOL_RESENT = "pool_resent"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 from server.domain.errors import (
     FailedPrecondition,
@@ -45,8 +46,32 @@ def validate_spec(spec: PoolSpec, room: Room, limits: Limits, now: datetime, pre
             )
         )
     _check_window(start, spec.claim_end, limits, now, prefix, out)
-    _check_validity(spec, start, limits, now, prefix, out)
+    _check_duration(spec.claim_duration, spec.claim_end, limits, f"{prefix}.claim_duration", out)
+    end = spec.claim_end or (start + spec.claim_duration if spec.claim_duration else None)
+    _check_validity(replace(spec, claim_end=end), start, limits, now, prefix, out)
     require(out)
+
+
+def _check_duration(
+    duration: timedelta | None,
+    end: datetime | None,
+    limits: Limits,
+    field: str,
+    out: list[FieldViolation],
+) -> None:
+    if duration is None:
+        return
+    if end is not None:
+        out.append(FieldViolation(field, "cannot be set together with claim_end_time"))
+    elif duration % timedelta(seconds=1):
+        out.append(FieldViolation(field, "must be whole seconds"))
+    elif not limits.min_claim_window <= duration <= limits.max_claim_window:
+        out.append(
+            FieldViolation(
+                field,
+                f"must be between {limits.min_claim_window} and {limits.max_claim_window}",
+            )
+        )
 
 
 def _check_terms(spec: PoolSpec, limits: Limits, field: str, out: list[FieldViolation]) -> None:
@@ -195,13 +220,14 @@ def new_pool(spec: PoolSpec, room: Room, pool_id: str, now: datetime) -> tuple[P
         withdrawn_quantity=0,
         per_viewer_limit=spec.per_viewer_limit,
         claim_start=start,
-        claim_end=spec.claim_end,
+        claim_end=spec.claim_end or (start + spec.claim_duration if spec.claim_duration else None),
         validity=spec.validity,
         currency_code=room.currency_code,
         version=1,
         created_at=now,
         updated_at=now,
         stackable=spec.stackable,
+        claim_duration=spec.claim_duration,
     )
     state = pool.state_at(now)
     kind = EventKind.POOL_OPENED if state is PoolState.OPEN else EventKind.POOL_SCHEDULED
@@ -276,7 +302,17 @@ def update_window(
                     f"{prefix}.claim_start_time", "cannot change once the pool has opened"
                 )
             )
-    _check_window(new_start, end, limits, now, prefix, out)
+    if pool.claim_duration is not None:
+        if end is not None:
+            out.append(
+                FieldViolation(
+                    f"{prefix}.claim_end_time",
+                    "must be unset: the pool's claim_duration sets its end",
+                )
+            )
+        end = new_start + pool.claim_duration
+    else:
+        _check_window(new_start, end, limits, now, prefix, out)
     if pool.validity.valid_until is not None:
         _check_valid_until(
             pool.validity.valid_until, end, limits, now, f"{prefix}.claim_end_time", out
@@ -306,7 +342,91 @@ def _close(pool: Pool, now: datetime, reason: CloseReason) -> Pool:
         closed_at=now,
         close_reason=reason,
         announced_state=PoolState.CLOSED,
+        pinned=False,
     )
+
+
+def pin(
+    pool: Pool, expected_version: int, pinned: list[Pool], now: datetime
+) -> tuple[list[Pool], list[EventDraft]]:
+    """Pin a pool that is not closed; the room's `pinned` pools (others) are unpinned."""
+    _require_changeable(pool, expected_version, now)
+    if pool.pinned:
+        return [], []
+    changed: list[Pool] = []
+    events: list[EventDraft] = []
+    for other in pinned:
+        if other.pool_id != pool.pool_id:
+            off = other.with_changes(pinned=False, version=other.version + 1, updated_at=now)
+            changed.append(off)
+            events.append(EventDraft(EventKind.POOL_UNPINNED, off))
+    on = pool.with_changes(pinned=True, version=pool.version + 1, updated_at=now)
+    return [*changed, on], [*events, EventDraft(EventKind.POOL_PINNED, on)]
+
+
+def unpin(pool: Pool, expected_version: int, now: datetime) -> tuple[Pool, list[EventDraft]]:
+    """Unpin a pinned pool."""
+    _require_changeable(pool, expected_version, now)
+    if not pool.pinned:
+        raise FailedPrecondition(
+            [PreconditionViolation("POOL_NOT_PINNED", f"pools/{pool.pool_id}", "not pinned")]
+        )
+    off = pool.with_changes(pinned=False, version=pool.version + 1, updated_at=now)
+    return off, [EventDraft(EventKind.POOL_UNPINNED, off)]
+
+
+def resend(
+    pool: Pool,
+    expected_version: int,
+    end: datetime | None,
+    limits: Limits,
+    now: datetime,
+    prefix: str,
+) -> tuple[Pool, list[EventDraft]]:
+    """Open a closed pool again now, as a new round, with the stock withdrawn at closing."""
+    if pool.version != expected_version:
+        raise VersionConflict(pool.pool_id, expected_version, pool.version)
+    subject = f"pools/{pool.pool_id}"
+    if pool.state_at(now) is not PoolState.CLOSED:
+        raise FailedPrecondition(
+            [PreconditionViolation("POOL_NOT_CLOSED", subject, "only a closed pool is resent")]
+        )
+    if pool.withdrawn_quantity <= 0:
+        raise FailedPrecondition(
+            [PreconditionViolation("NOTHING_TO_RESEND", subject, "no stock was withdrawn")]
+        )
+    out: list[FieldViolation] = []
+    if pool.claim_duration is not None:
+        if end is not None:
+            out.append(
+                FieldViolation(
+                    f"{prefix}.claim_end_time",
+                    "must be unset: the pool's claim_duration sets its end",
+                )
+            )
+        end = now + pool.claim_duration
+    else:
+        _check_window(now, end, limits, now, prefix, out)
+    if pool.validity.valid_until is not None:
+        _check_valid_until(
+            pool.validity.valid_until, end, limits, now, f"{prefix}.claim_end_time", out
+        )
+    require(out)
+    back = pool.withdrawn_quantity
+    reopened = pool.with_changes(
+        total_quantity=pool.total_quantity + back,
+        remaining_quantity=pool.remaining_quantity + back,
+        withdrawn_quantity=0,
+        claim_start=now,
+        claim_end=end,
+        closed_at=None,
+        close_reason=None,
+        announced_state=PoolState.OPEN,
+        round=pool.round + 1,
+        version=pool.version + 1,
+        updated_at=now,
+    )
+    return reopened, [EventDraft(EventKind.POOL_RESENT, reopened)]
 
 
 def _announce_change(pool: Pool, now: datetime) -> tuple[Pool, list[EventDraft]]:

@@ -52,7 +52,34 @@ class StopPoolOp:
     expected_version: int
 
 
-ConfigureOp = CreatePoolOp | AddStockOp | UpdateWindowOp | StopPoolOp
+@dataclass(frozen=True, slots=True)
+class PinPoolOp:
+    """Pin a pool (unpinning the room's other one)."""
+
+    pool_id: str
+    expected_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnpinPoolOp:
+    """Unpin a pool."""
+
+    pool_id: str
+    expected_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResendPoolOp:
+    """Open a closed pool again as a new round."""
+
+    pool_id: str
+    expected_version: int
+    claim_end: datetime | None
+
+
+ConfigureOp = (
+    CreatePoolOp | AddStockOp | UpdateWindowOp | StopPoolOp | PinPoolOp | UnpinPoolOp | ResendPoolOp
+)
 
 # Request field names of each operation, for error details.
 _FIELD = {
@@ -60,6 +87,9 @@ _FIELD = {
     AddStockOp: "add_stock",
     UpdateWindowOp: "update_claim_window",
     StopPoolOp: "stop_pool",
+    PinPoolOp: "pin_pool",
+    UnpinPoolOp: "unpin_pool",
+    ResendPoolOp: "resend_pool",
 }
 
 
@@ -108,12 +138,20 @@ async def _apply(
     check_id(op.pool_id, f"{prefix}.pool_id", out)
     if out:
         raise InvalidArgument(out)
+    if isinstance(op, PinPoolOp):
+        return await _pin(tx, room, op, now)
     current = await tx.get_pool(op.pool_id, for_update=True)
     if current is None or current.room_id != room.room_id:
         raise NotFound("pool", op.pool_id)
     # Announce what the clock already changed, so events stay in causal order.
     current, events = rules.due_transitions(current, now)
-    if isinstance(op, AddStockOp):
+    if isinstance(op, UnpinPoolOp):
+        changed, more = rules.unpin(current, op.expected_version, now)
+    elif isinstance(op, ResendPoolOp):
+        changed, more = rules.resend(
+            current, op.expected_version, op.claim_end, ctx.limits, now, prefix
+        )
+    elif isinstance(op, AddStockOp):
         changed, more = rules.add_stock(
             current, op.quantity, op.expected_version, ctx.limits, now, f"{prefix}.quantity"
         )
@@ -126,3 +164,25 @@ async def _apply(
     await tx.update_pool(changed)
     await tx.append_events(room.room_id, events + more, now)
     return changed
+
+
+async def _pin(tx: Transaction, room: Room, op: PinPoolOp, now: datetime) -> Pool:
+    """Pin a pool; the room's pinned pool, if another, is unpinned in the same commit.
+
+    Pins of one room queue on a lock, so two pools are never pinned at once; the pools
+    involved are then locked together in key order, as the grab path locks them.
+    """
+    await tx.lock_pins(room.room_id)
+    pinned = [p.pool_id for p in await tx.live_pools(room.room_id) if p.pinned]
+    locked = {p.pool_id: p for p in await tx.get_pools([op.pool_id, *pinned], for_update=True)}
+    current = locked.get(op.pool_id)
+    if current is None or current.room_id != room.room_id:
+        raise NotFound("pool", op.pool_id)
+    current, events = rules.due_transitions(current, now)
+    others = [p for pool_id, p in locked.items() if pool_id != op.pool_id and p.pinned]
+    changed, more = rules.pin(current, op.expected_version, others, now)
+    if events and all(p.pool_id != current.pool_id for p in changed):
+        changed.append(current)  # the clock's transition, announced below
+    await tx.update_pools(sorted(changed, key=lambda p: p.pool_id))
+    await tx.append_events(room.room_id, events + more, now)
+    return next((p for p in changed if p.pool_id == op.pool_id), current)

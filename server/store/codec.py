@@ -141,6 +141,11 @@ def pool_to_row(p: Pool) -> dict[str, Any]:
         "close_reason": None if p.close_reason is None else p.close_reason.value,
         "announced_state": p.announced_state.value,
         "stackable": p.stackable,
+        "pinned": p.pinned,
+        "round": p.round,
+        "claim_duration_s": None
+        if p.claim_duration is None
+        else int(p.claim_duration.total_seconds()),
     }
 
 
@@ -173,6 +178,11 @@ def pool_from_row(r: Any) -> Pool:
         announced_state=PoolState(r["announced_state"]),
         # Events written before the column existed carry no "stackable".
         stackable=bool(r.get("stackable", False)),
+        pinned=bool(r.get("pinned", False)),
+        round=r.get("round", 1),
+        claim_duration=None
+        if r.get("claim_duration_s") is None
+        else timedelta(seconds=r["claim_duration_s"]),
     )
 
 

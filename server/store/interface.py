@@ -102,6 +102,9 @@ class Transaction(Protocol):
     async def lock_order(self, order_id: str) -> None:
         """Wait for every other unit of work on this order to end (until commit)."""
 
+    async def lock_pins(self, room_id: str) -> None:
+        """Wait for every other unit of work pinning a pool of this room to end."""
+
     async def get_redemptions(self, order_id: str) -> list[tuple[Redemption, str]]:
         """The order's redemptions with their fingerprints, in the order they were made."""
 

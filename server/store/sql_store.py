@@ -441,12 +441,19 @@ class SqlTransaction:
             )
 
     async def lock_order(self, order_id: str) -> None:
+        # Units of work on one order queue here, so the stacking check of one lock sees
+        # every other lock of the order. SQLite's single writer gives the same order.
+        await self._advisory(_ORDER_LOCK_SPACE, "order", order_id)
+
+    async def lock_pins(self, room_id: str) -> None:
+        await self._advisory(_PIN_LOCK_SPACE, "pins", room_id)
+
+    async def _advisory(self, space: int, kind: str, name: str) -> None:
+        """A transaction-scoped advisory lock on PostgreSQL (write transactions only)."""
         if self._lock_rows:
-            # Units of work on one order queue here, so the stacking check of one lock sees
-            # every other lock of the order. SQLite's single writer gives the same order.
             await self._conn.execute(
                 text("SELECT pg_advisory_xact_lock(:space, :key)"),
-                {"space": _ORDER_LOCK_SPACE, "key": _lock_key("order", order_id)},
+                {"space": space, "key": _lock_key(kind, name)},
             )
 
     async def get_redemptions(self, order_id: str) -> list[tuple[Redemption, str]]:
@@ -804,6 +811,7 @@ class SqlStore:
 _MIGRATION_LOCK_KEY = 0x6C69_7665_7265_73  # PostgreSQL advisory lock held while migrating
 _ANSWER_LOCK_SPACE = 0x6C72_6964  # advisory locks (space, key) of request ids ("lrid")
 _ORDER_LOCK_SPACE = 0x6C72_6F64  # advisory locks (space, key) of orders ("lrod")
+_PIN_LOCK_SPACE = 0x6C72_706E  # advisory locks (space, key) of a room's pins ("lrpn")
 
 
 def _lock_key(subject: str, request_id: str) -> int:

@@ -258,8 +258,80 @@ class PoolSoldOut(_message.Message):
 Global___PoolSoldOut: _TypeAlias = PoolSoldOut  # noqa: Y015
 
 @_typing.final
+class PoolPinned(_message.Message):
+    """The streamer pinned a pool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pool(self) -> _resources_pb2.Pool:
+        """The pool, now pinned."""
+
+    def __init__(
+        self,
+        *,
+        pool: _resources_pb2.Pool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolPinned: _TypeAlias = PoolPinned  # noqa: Y015
+
+@_typing.final
+class PoolUnpinned(_message.Message):
+    """A pool was unpinned (by the streamer, or because another was pinned)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pool(self) -> _resources_pb2.Pool:
+        """The pool, now unpinned."""
+
+    def __init__(
+        self,
+        *,
+        pool: _resources_pb2.Pool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolUnpinned: _TypeAlias = PoolUnpinned  # noqa: Y015
+
+@_typing.final
+class PoolResent(_message.Message):
+    """The streamer sent a closed pool again: a new round opens now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pool(self) -> _resources_pb2.Pool:
+        """The pool at the start of its new round."""
+
+    def __init__(
+        self,
+        *,
+        pool: _resources_pb2.Pool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolResent: _TypeAlias = PoolResent  # noqa: Y015
+
+@_typing.final
 class PoolClosed(_message.Message):
-    """A pool closed for good."""
+    """A pool closed (for good, unless the streamer resends it)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -292,7 +364,7 @@ class RoomEvent(_message.Message):
     falls quickly, a stream carries a pool's latest StockChanged at most every
     stock update interval (200 ms by default) and skips the ones it superseded.
     Every other kind (the lifecycle events: scheduled, opened, changed, sold
-    out, closed) is always delivered, in order. A client that has applied every
+    out, closed, pinned, unpinned, resent) is always delivered, in order. A client that has applied every
     event up to sequence P detects a lost lifecycle event when an event arrives
     with previous_lifecycle_sequence > P: it must resubscribe from P.
     """
@@ -308,6 +380,9 @@ class RoomEvent(_message.Message):
     STOCK_CHANGED_FIELD_NUMBER: _builtins.int
     POOL_SOLD_OUT_FIELD_NUMBER: _builtins.int
     POOL_CLOSED_FIELD_NUMBER: _builtins.int
+    POOL_PINNED_FIELD_NUMBER: _builtins.int
+    POOL_UNPINNED_FIELD_NUMBER: _builtins.int
+    POOL_RESENT_FIELD_NUMBER: _builtins.int
     PREVIOUS_LIFECYCLE_SEQUENCE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The room's sequence number of this event: 1 for the first event of the
@@ -350,6 +425,18 @@ class RoomEvent(_message.Message):
     def pool_closed(self) -> Global___PoolClosed:
         """A pool closed."""
 
+    @_builtins.property
+    def pool_pinned(self) -> Global___PoolPinned:
+        """A pool was pinned."""
+
+    @_builtins.property
+    def pool_unpinned(self) -> Global___PoolUnpinned:
+        """A pool was unpinned."""
+
+    @_builtins.property
+    def pool_resent(self) -> Global___PoolResent:
+        """A closed pool was resent as a new round."""
+
     def __init__(
         self,
         *,
@@ -362,13 +449,16 @@ class RoomEvent(_message.Message):
         stock_changed: Global___StockChanged | None = ...,
         pool_sold_out: Global___PoolSoldOut | None = ...,
         pool_closed: Global___PoolClosed | None = ...,
+        pool_pinned: Global___PoolPinned | None = ...,
+        pool_unpinned: Global___PoolUnpinned | None = ...,
+        pool_resent: Global___PoolResent | None = ...,
         previous_lifecycle_sequence: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "kind", b"kind", "pool_changed", b"pool_changed", "pool_closed", b"pool_closed", "pool_opened", b"pool_opened", "pool_scheduled", b"pool_scheduled", "pool_sold_out", b"pool_sold_out", "stock_changed", b"stock_changed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "kind", b"kind", "pool_changed", b"pool_changed", "pool_closed", b"pool_closed", "pool_opened", b"pool_opened", "pool_pinned", b"pool_pinned", "pool_resent", b"pool_resent", "pool_scheduled", b"pool_scheduled", "pool_sold_out", b"pool_sold_out", "pool_unpinned", b"pool_unpinned", "stock_changed", b"stock_changed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "kind", b"kind", "pool_changed", b"pool_changed", "pool_closed", b"pool_closed", "pool_id", b"pool_id", "pool_opened", b"pool_opened", "pool_scheduled", b"pool_scheduled", "pool_sold_out", b"pool_sold_out", "previous_lifecycle_sequence", b"previous_lifecycle_sequence", "sequence", b"sequence", "stock_changed", b"stock_changed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "kind", b"kind", "pool_changed", b"pool_changed", "pool_closed", b"pool_closed", "pool_id", b"pool_id", "pool_opened", b"pool_opened", "pool_pinned", b"pool_pinned", "pool_resent", b"pool_resent", "pool_scheduled", b"pool_scheduled", "pool_sold_out", b"pool_sold_out", "pool_unpinned", b"pool_unpinned", "previous_lifecycle_sequence", b"previous_lifecycle_sequence", "sequence", b"sequence", "stock_changed", b"stock_changed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["pool_scheduled", "pool_opened", "pool_changed", "stock_changed", "pool_sold_out", "pool_closed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["pool_scheduled", "pool_opened", "pool_changed", "stock_changed", "pool_sold_out", "pool_closed", "pool_pinned", "pool_unpinned", "pool_resent"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

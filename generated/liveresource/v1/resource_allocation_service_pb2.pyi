@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -195,6 +196,7 @@ class CreatePool(_message.Message):
     CLAIM_END_TIME_FIELD_NUMBER: _builtins.int
     VALIDITY_FIELD_NUMBER: _builtins.int
     STACKABLE_FIELD_NUMBER: _builtins.int
+    CLAIM_DURATION_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     """Required. Title shown on the grab control, 1-100 characters."""
     total_quantity: _builtins.int
@@ -232,6 +234,14 @@ class CreatePool(_message.Message):
     def validity(self) -> _resources_pb2.CouponValidity:
         """Required. How long a granted coupon can be used."""
 
+    @_builtins.property
+    def claim_duration(self) -> _duration_pb2.Duration:
+        """Optional. Claimable for this long after the pool opens (the push to the
+        room, at claim_start_time) and after every resend; whole seconds, within
+        the room's claim window range. Not together with claim_end_time. Without
+        either, the pool is claimable until sold out or stopped.
+        """
+
     def __init__(
         self,
         *,
@@ -244,10 +254,11 @@ class CreatePool(_message.Message):
         claim_end_time: _timestamp_pb2.Timestamp | None = ...,
         validity: _resources_pb2.CouponValidity | None = ...,
         stackable: _builtins.bool = ...,
+        claim_duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "target", b"target", "terms", b"terms", "validity", b"validity"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "target", b"target", "terms", b"terms", "validity", b"validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "per_viewer_limit", b"per_viewer_limit", "stackable", b"stackable", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "validity", b"validity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "per_viewer_limit", b"per_viewer_limit", "stackable", b"stackable", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "validity", b"validity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -350,6 +361,96 @@ class StopPool(_message.Message):
 Global___StopPool: _TypeAlias = StopPool  # noqa: Y015
 
 @_typing.final
+class PinPool(_message.Message):
+    """Pins a pool that is not closed: apps show it highlighted. The room's pool
+    pinned before, if any, is unpinned.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    pool_id: _builtins.str
+    """Required. The pool."""
+    expected_version: _builtins.int
+    """Required. The pool version the caller last saw."""
+    def __init__(
+        self,
+        *,
+        pool_id: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "pool_id", b"pool_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PinPool: _TypeAlias = PinPool  # noqa: Y015
+
+@_typing.final
+class UnpinPool(_message.Message):
+    """Unpins a pinned pool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    pool_id: _builtins.str
+    """Required. The pool."""
+    expected_version: _builtins.int
+    """Required. The pool version the caller last saw."""
+    def __init__(
+        self,
+        *,
+        pool_id: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "pool_id", b"pool_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnpinPool: _TypeAlias = UnpinPool  # noqa: Y015
+
+@_typing.final
+class ResendPool(_message.Message):
+    """Sends a closed pool to the room again as a new round, with the stock
+    withdrawn when it closed; it opens now.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    CLAIM_END_TIME_FIELD_NUMBER: _builtins.int
+    pool_id: _builtins.str
+    """Required. The pool, which must be closed with withdrawn stock."""
+    expected_version: _builtins.int
+    """Required. The pool version the caller last saw."""
+    @_builtins.property
+    def claim_end_time(self) -> _timestamp_pb2.Timestamp:
+        """Optional. When the new round ends; not for a pool with a claim_duration
+        (its round lasts that long). Unset: until sold out or stopped.
+        """
+
+    def __init__(
+        self,
+        *,
+        pool_id: _builtins.str = ...,
+        expected_version: _builtins.int = ...,
+        claim_end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time", "expected_version", b"expected_version", "pool_id", b"pool_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResendPool: _TypeAlias = ResendPool  # noqa: Y015
+
+@_typing.final
 class ConfigureResourcesRequest(_message.Message):
     """Request for ConfigureResources."""
 
@@ -361,6 +462,9 @@ class ConfigureResourcesRequest(_message.Message):
     ADD_STOCK_FIELD_NUMBER: _builtins.int
     UPDATE_CLAIM_WINDOW_FIELD_NUMBER: _builtins.int
     STOP_POOL_FIELD_NUMBER: _builtins.int
+    PIN_POOL_FIELD_NUMBER: _builtins.int
+    UNPIN_POOL_FIELD_NUMBER: _builtins.int
+    RESEND_POOL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Required. Idempotency key (AIP-155): a UUID, unique per change."""
     room_id: _builtins.str
@@ -381,6 +485,18 @@ class ConfigureResourcesRequest(_message.Message):
     def stop_pool(self) -> Global___StopPool:
         """Stop a pool early."""
 
+    @_builtins.property
+    def pin_pool(self) -> Global___PinPool:
+        """Pin a pool (the room's other pinned pool is unpinned)."""
+
+    @_builtins.property
+    def unpin_pool(self) -> Global___UnpinPool:
+        """Unpin a pool."""
+
+    @_builtins.property
+    def resend_pool(self) -> Global___ResendPool:
+        """Send a closed pool again as a new round."""
+
     def __init__(
         self,
         *,
@@ -390,12 +506,15 @@ class ConfigureResourcesRequest(_message.Message):
         add_stock: Global___AddStock | None = ...,
         update_claim_window: Global___UpdateClaimWindow | None = ...,
         stop_pool: Global___StopPool | None = ...,
+        pin_pool: Global___PinPool | None = ...,
+        unpin_pool: Global___UnpinPool | None = ...,
+        resend_pool: Global___ResendPool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["add_stock", b"add_stock", "create_pool", b"create_pool", "operation", b"operation", "stop_pool", b"stop_pool", "update_claim_window", b"update_claim_window"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_stock", b"add_stock", "create_pool", b"create_pool", "operation", b"operation", "pin_pool", b"pin_pool", "resend_pool", b"resend_pool", "stop_pool", b"stop_pool", "unpin_pool", b"unpin_pool", "update_claim_window", b"update_claim_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_stock", b"add_stock", "create_pool", b"create_pool", "operation", b"operation", "request_id", b"request_id", "room_id", b"room_id", "stop_pool", b"stop_pool", "update_claim_window", b"update_claim_window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_stock", b"add_stock", "create_pool", b"create_pool", "operation", b"operation", "pin_pool", b"pin_pool", "request_id", b"request_id", "resend_pool", b"resend_pool", "room_id", b"room_id", "stop_pool", b"stop_pool", "unpin_pool", b"unpin_pool", "update_claim_window", b"update_claim_window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_operation: _TypeAlias = _typing.Literal["create_pool", "add_stock", "update_claim_window", "stop_pool"]  # noqa: Y015
+    _WhichOneofReturnType_operation: _TypeAlias = _typing.Literal["create_pool", "add_stock", "update_claim_window", "stop_pool", "pin_pool", "unpin_pool", "resend_pool"]  # noqa: Y015
     _WhichOneofArgType_operation: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_operation) -> _WhichOneofReturnType_operation | None: ...
 

@@ -153,12 +153,13 @@ class ResourceAllocationServiceServicer:
 
     def ConfigureResources(self, request, context):
         """Creates a pool in a room the caller owns, or changes one: adds stock,
-        changes its claim window, or stops it early (unclaimed stock is
-        withdrawn). Streamer owning the room only. Validated against exactly
+        changes its claim window, stops it early (unclaimed stock is withdrawn),
+        pins or unpins it, or resends a closed one as a new round. Streamer owning the room only. Validated against exactly
         what GetConfigurationOptions returns (INVALID_ARGUMENT). A change to a
         pool that does not exist in the room returns NOT_FOUND; a change whose
         expected_version is not the pool's version returns ABORTED (re-read and
-        retry); a change to a closed pool returns FAILED_PRECONDITION.
+        retry); a change to a closed pool (other than a resend) returns
+        FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

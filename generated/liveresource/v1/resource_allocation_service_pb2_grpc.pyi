@@ -60,12 +60,13 @@ class ResourceAllocationServiceStub:
     """
     ConfigureResources: _grpc.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.ConfigureResourcesRequest, _resource_allocation_service_pb2.ConfigureResourcesResponse]
     """Creates a pool in a room the caller owns, or changes one: adds stock,
-    changes its claim window, or stops it early (unclaimed stock is
-    withdrawn). Streamer owning the room only. Validated against exactly
+    changes its claim window, stops it early (unclaimed stock is withdrawn),
+    pins or unpins it, or resends a closed one as a new round. Streamer owning the room only. Validated against exactly
     what GetConfigurationOptions returns (INVALID_ARGUMENT). A change to a
     pool that does not exist in the room returns NOT_FOUND; a change whose
     expected_version is not the pool's version returns ABORTED (re-read and
-    retry); a change to a closed pool returns FAILED_PRECONDITION.
+    retry); a change to a closed pool (other than a resend) returns
+    FAILED_PRECONDITION.
     """
     StreamAllocationInfo: _grpc.UnaryStreamMultiCallable[_resource_allocation_service_pb2.StreamAllocationInfoRequest, _resource_allocation_service_pb2.StreamAllocationInfoResponse]
     """Subscribes to a room's allocation info. The server first sends a
@@ -169,12 +170,13 @@ class ResourceAllocationServiceAsyncStub(ResourceAllocationServiceStub):
     """
     ConfigureResources: _aio.UnaryUnaryMultiCallable[_resource_allocation_service_pb2.ConfigureResourcesRequest, _resource_allocation_service_pb2.ConfigureResourcesResponse]  # type: ignore[assignment]
     """Creates a pool in a room the caller owns, or changes one: adds stock,
-    changes its claim window, or stops it early (unclaimed stock is
-    withdrawn). Streamer owning the room only. Validated against exactly
+    changes its claim window, stops it early (unclaimed stock is withdrawn),
+    pins or unpins it, or resends a closed one as a new round. Streamer owning the room only. Validated against exactly
     what GetConfigurationOptions returns (INVALID_ARGUMENT). A change to a
     pool that does not exist in the room returns NOT_FOUND; a change whose
     expected_version is not the pool's version returns ABORTED (re-read and
-    retry); a change to a closed pool returns FAILED_PRECONDITION.
+    retry); a change to a closed pool (other than a resend) returns
+    FAILED_PRECONDITION.
     """
     StreamAllocationInfo: _aio.UnaryStreamMultiCallable[_resource_allocation_service_pb2.StreamAllocationInfoRequest, _resource_allocation_service_pb2.StreamAllocationInfoResponse]  # type: ignore[assignment]
     """Subscribes to a room's allocation info. The server first sends a
@@ -293,12 +295,13 @@ class ResourceAllocationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resource_allocation_service_pb2.ConfigureResourcesResponse, _abc.Awaitable[_resource_allocation_service_pb2.ConfigureResourcesResponse]]:
         """Creates a pool in a room the caller owns, or changes one: adds stock,
-        changes its claim window, or stops it early (unclaimed stock is
-        withdrawn). Streamer owning the room only. Validated against exactly
+        changes its claim window, stops it early (unclaimed stock is withdrawn),
+        pins or unpins it, or resends a closed one as a new round. Streamer owning the room only. Validated against exactly
         what GetConfigurationOptions returns (INVALID_ARGUMENT). A change to a
         pool that does not exist in the room returns NOT_FOUND; a change whose
         expected_version is not the pool's version returns ABORTED (re-read and
-        retry); a change to a closed pool returns FAILED_PRECONDITION.
+        retry); a change to a closed pool (other than a resend) returns
+        FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod

@@ -60,7 +60,9 @@ class _PoolStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PoolState.V
     POOL_STATE_SOLD_OUT: _PoolState.ValueType  # 3
     """Inside the window but no stock left (stock may still be added)."""
     POOL_STATE_CLOSED: _PoolState.ValueType  # 4
-    """The window ended or the streamer stopped the pool; final."""
+    """The window ended or the streamer stopped the pool; final unless the
+    streamer resends it (a new round).
+    """
 
 class PoolState(_PoolState, metaclass=_PoolStateEnumTypeWrapper):
     """Lifecycle of a pool as seen by viewers."""
@@ -74,7 +76,9 @@ POOL_STATE_OPEN: PoolState.ValueType  # 2
 POOL_STATE_SOLD_OUT: PoolState.ValueType  # 3
 """Inside the window but no stock left (stock may still be added)."""
 POOL_STATE_CLOSED: PoolState.ValueType  # 4
-"""The window ended or the streamer stopped the pool; final."""
+"""The window ended or the streamer stopped the pool; final unless the
+streamer resends it (a new round).
+"""
 Global___PoolState: _TypeAlias = PoolState  # noqa: Y015
 
 class _CouponState:
@@ -452,6 +456,9 @@ class Pool(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     STACKABLE_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    CLAIM_DURATION_FIELD_NUMBER: _builtins.int
     pool_id: _builtins.str
     """Output only. Server-assigned pool id."""
     room_id: _builtins.str
@@ -479,6 +486,14 @@ class Pool(_message.Message):
     stackable: _builtins.bool
     """Whether this pool's coupons combine with other coupons of the same room on
     one order (see LockCoupon). Set at creation; immutable.
+    """
+    pinned: _builtins.bool
+    """Output only. Whether the streamer pinned the pool: apps show it
+    highlighted. At most one pool of a room is pinned at a time.
+    """
+    round: _builtins.int
+    """Output only. 1 for the pool's first claim window, then +1 each time the
+    streamer resends it after it closed.
     """
     @_builtins.property
     def terms(self) -> Global___CouponTerms:
@@ -508,6 +523,13 @@ class Pool(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the streamer last changed the pool."""
 
+    @_builtins.property
+    def claim_duration(self) -> _duration_pb2.Duration:
+        """How long the pool stays claimable after each time it opens (the push to
+        the room): claim_end_time is then the opening plus this. Unset: the pool
+        ends at claim_end_time, or, without one, when the streamer stops it.
+        """
+
     def __init__(
         self,
         *,
@@ -529,10 +551,13 @@ class Pool(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         stackable: _builtins.bool = ...,
+        pinned: _builtins.bool = ...,
+        round: _builtins.int = ...,
+        claim_duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "create_time", b"create_time", "target", b"target", "terms", b"terms", "update_time", b"update_time", "validity", b"validity"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "create_time", b"create_time", "target", b"target", "terms", b"terms", "update_time", b"update_time", "validity", b"validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "create_time", b"create_time", "granted_quantity", b"granted_quantity", "per_viewer_limit", b"per_viewer_limit", "pool_id", b"pool_id", "remaining_quantity", b"remaining_quantity", "room_id", b"room_id", "stackable", b"stackable", "state", b"state", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "update_time", b"update_time", "validity", b"validity", "version", b"version", "withdrawn_quantity", b"withdrawn_quantity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "create_time", b"create_time", "granted_quantity", b"granted_quantity", "per_viewer_limit", b"per_viewer_limit", "pinned", b"pinned", "pool_id", b"pool_id", "remaining_quantity", b"remaining_quantity", "room_id", b"room_id", "round", b"round", "stackable", b"stackable", "state", b"state", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "update_time", b"update_time", "validity", b"validity", "version", b"version", "withdrawn_quantity", b"withdrawn_quantity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
