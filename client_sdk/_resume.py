@@ -89,6 +89,8 @@ class ResumeState:
             return Verdict.DELIVER
         if kind == "heartbeat" and self._include_heartbeats:
             return Verdict.DELIVER
+        if kind == "eligibility":
+            return Verdict.DELIVER
         return Verdict.SKIP
 
     def reconnect_delay(self, exc: grpc.RpcError) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from google.protobuf import json_format
@@ -45,6 +46,20 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", required=True, help="the principal id (token sub)")
     token.add_argument("--ttl", type=int, default=3600, help="seconds of validity (3600)")
     token.add_argument("--key", help="signing key (default: the server's key lookup)")
+    token.add_argument(
+        "--follows",
+        action="append",
+        default=[],
+        metavar="STREAMER[=UNIX_TIME]",
+        help="the viewer follows this streamer, since UNIX_TIME (default now); repeatable",
+    )
+    token.add_argument(
+        "--bought-from",
+        action="append",
+        default=[],
+        metavar="SHOP",
+        help="the viewer ordered from this shop before; repeatable",
+    )
     token.set_defaults(run=_token)
 
     connection = argparse.ArgumentParser(add_help=False)
@@ -77,7 +92,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _token(args: argparse.Namespace) -> int:
-    print(mint_token(args.subject, args.role, key=args.key, ttl_seconds=args.ttl))
+    follows: dict[str, float] = {}
+    for entry in args.follows:
+        streamer, _, since = entry.partition("=")
+        follows[streamer] = float(since) if since else time.time()
+    print(
+        mint_token(
+            args.subject,
+            args.role,
+            key=args.key,
+            ttl_seconds=args.ttl,
+            follows=follows or None,
+            bought_from=args.bought_from or None,
+        )
+    )
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import jwt
@@ -62,21 +62,29 @@ def mint_token(
     *,
     key: str | None = None,
     ttl_seconds: int = 3600,
+    follows: Mapping[str, float] | None = None,
+    bought_from: Iterable[str] | None = None,
 ) -> str:
     """Return a signed JWT for ``subject`` acting as ``role``, valid for ``ttl_seconds``.
 
-    Without ``key``, the key comes from load_key().
+    Without ``key``, the key comes from load_key(). The platform vouches for a viewer's
+    facts with ``follows`` (streamer id -> Unix time they followed) and ``bought_from``
+    (shop ids they ordered from before): pools' eligibility rules read them.
     """
     if not subject:
         raise ValueError("subject must not be empty")
     if ttl_seconds <= 0:
         raise ValueError("ttl_seconds must be positive")
     now = int(time.time())
-    claims = {
+    claims: dict[str, object] = {
         "sub": subject,
         "role": Role(role).value,
         "aud": AUDIENCE,
         "iat": now,
         "exp": now + ttl_seconds,
     }
+    if follows is not None:
+        claims["follows"] = dict(follows)
+    if bought_from is not None:
+        claims["bought_from"] = list(bought_from)
     return jwt.encode(claims, load_key() if key is None else key, algorithm=ALGORITHM)

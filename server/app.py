@@ -22,9 +22,11 @@ from server.metrics import Metrics
 from server.service.admission import AdmissionGate
 from server.service.clock import Clock, utc_now
 from server.service.context import ServiceContext
+from server.service.eligibility import EligibilityDesk
 from server.service.grants import GrantDesk
 from server.service.lifecycle import LifecycleTicker, prune_forever
 from server.service.shielding import drain
+from server.service.watch import WatchTracker
 from server.store.interface import Store
 from server.store.sql_store import SqlStore
 from server.streaming.feed import FeedRegistry
@@ -129,6 +131,9 @@ async def start_server(
         heartbeat_seconds=settings.heartbeat_seconds,
         max_lag_events=settings.stream_max_lag_events,
         gate=AdmissionGate(settings.admission_limit),
+        eligibility=EligibilityDesk(
+            ctx, WatchTracker(timedelta(seconds=settings.watch_gap_seconds), clock)
+        ),
         desk=desk,
         metrics=metrics,
     )

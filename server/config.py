@@ -35,6 +35,8 @@ class Settings:
     """A room stream this many events behind is sent a fresh snapshot instead of the backlog."""
     event_retention_seconds: float = 86400.0
     """Room events older than this are pruned; resuming from before them gets a snapshot."""
+    watch_gap_seconds: float = 30.0
+    """A viewer's watch time in a room survives reconnects this much apart."""
     checkout_lock_seconds: float = 900.0
     """A coupon locked at checkout goes back to its viewer this long after the lock unless
     the payment is confirmed first."""
@@ -75,6 +77,7 @@ _ENV = {
     "stock_update_interval_seconds": "LIVERESOURCE_STOCK_UPDATE_INTERVAL_SECONDS",
     "stream_max_lag_events": "LIVERESOURCE_STREAM_MAX_LAG_EVENTS",
     "event_retention_seconds": "LIVERESOURCE_EVENT_RETENTION_SECONDS",
+    "watch_gap_seconds": "LIVERESOURCE_WATCH_GAP_SECONDS",
     "checkout_lock_seconds": "LIVERESOURCE_CHECKOUT_LOCK_SECONDS",
     "shutdown_grace_seconds": "LIVERESOURCE_SHUTDOWN_GRACE_SECONDS",
     "sqlite_synchronous": "LIVERESOURCE_SQLITE_SYNCHRONOUS",

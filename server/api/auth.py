@@ -8,12 +8,14 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from jwt.algorithms import HMACAlgorithm
 from jwt.utils import base64url_decode
 
+from server.domain.eligibility import ViewerFacts
 from server.domain.errors import Unauthenticated
 from server.domain.models import Principal, Role
 
@@ -159,4 +161,38 @@ def _principal_of(claims: Any, leeway: float) -> tuple[Principal, float]:
         role = Role(claims.get("role", ""))
     except ValueError:
         raise Unauthenticated("the token has no known role", reason="INVALID_TOKEN") from None
-    return Principal(subject=subject, role=role), exp
+    return Principal(subject=subject, role=role, facts=_facts_of(claims)), exp
+
+
+_MAX_FACTS = 10_000  # entries of `follows` and of `bought_from`
+_NO_FACTS = ViewerFacts()
+
+
+def _facts_of(claims: dict[str, Any]) -> ViewerFacts:
+    """The platform's signed facts about the caller: `follows` {streamer id: Unix time
+    they followed} and `bought_from` [shop ids]; absent claims mean none."""
+    follows, bought = claims.get("follows"), claims.get("bought_from")
+    if follows is None and bought is None:
+        return _NO_FACTS
+    if follows is None:
+        follows = {}
+    if bought is None:
+        bought = []
+    if (
+        not isinstance(follows, dict)
+        or not isinstance(bought, list)
+        or len(follows) > _MAX_FACTS
+        or len(bought) > _MAX_FACTS
+        or not all(_number(v) and 0 <= v < 2**40 for v in follows.values())
+        or not all(isinstance(shop, str) for shop in bought)
+    ):
+        raise Unauthenticated(
+            "the token's follows or bought_from claim is malformed", reason="INVALID_TOKEN"
+        )
+    return ViewerFacts(
+        follows={k: _EPOCH + timedelta(seconds=v) for k, v in follows.items()},
+        bought_from=frozenset(bought),
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -12,6 +13,7 @@ from generated.liveresource.v1 import events_pb2 as ev
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from generated.liveresource.v1 import resources_pb2 as res
 from server.domain import models as m
+from server.domain.eligibility import Eligibility, Gap, Missing, PoolEligibility
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.options import ConfigurationOptions
 from server.service.configure import (
@@ -73,6 +75,7 @@ _OUTCOME = {
     m.Outcome.LIMIT_REACHED: svc.ALLOCATION_OUTCOME_LIMIT_REACHED,
     m.Outcome.NOT_OPEN_YET: svc.ALLOCATION_OUTCOME_NOT_OPEN_YET,
     m.Outcome.CLOSED: svc.ALLOCATION_OUTCOME_CLOSED,
+    m.Outcome.NOT_ELIGIBLE: svc.ALLOCATION_OUTCOME_NOT_ELIGIBLE,
 }
 _REASON = {
     m.SnapshotReason.INITIAL: ev.SNAPSHOT_REASON_INITIAL,
@@ -204,6 +207,7 @@ def configure_op_in(request: svc.ConfigureResourcesRequest) -> ConfigureOp:
             claim_duration=duration_in(c.claim_duration, f"{f}.claim_duration", out)
             if c.HasField("claim_duration")
             else None,
+            eligibility=eligibility_in(c.eligibility, f"{f}.eligibility", out),
         )
         op = CreatePoolOp(spec)
     elif which == "add_stock":
@@ -336,6 +340,8 @@ def pool_out(p: m.Pool, at: datetime) -> res.Pool:
     )
     if p.claim_duration is not None:
         out.claim_duration.CopyFrom(_dur(p.claim_duration))
+    if p.eligibility.restricts:
+        out.eligibility.CopyFrom(eligibility_out(p.eligibility))
     if p.claim_end is not None:
         out.claim_end_time.CopyFrom(ts(p.claim_end))
     return out
@@ -422,6 +428,8 @@ def allocation_out(a: m.AllocationResult) -> svc.AllocateResponse:
         out.coupon.CopyFrom(coupon_out(a.coupon, a.server_time))
     if a.claim_start is not None:
         out.claim_start_time.CopyFrom(ts(a.claim_start))
+    if a.missing:
+        out.missing.extend(missing_out(x) for x in a.missing)
     return out
 
 
@@ -500,6 +508,13 @@ def subscription_out(item: m.SubscriptionItem) -> svc.StreamAllocationInfoRespon
         return svc.StreamAllocationInfoResponse(
             heartbeat=ev.Heartbeat(server_time=ts(item.server_time), sequence=item.sequence)
         )
+    if isinstance(item, m.EligibilityUpdate):
+        return svc.StreamAllocationInfoResponse(
+            eligibility=ev.EligibilityUpdate(
+                pools=[pool_eligibility_out(e) for e in item.pools],
+                server_time=ts(item.server_time),
+            )
+        )
     snap = item.snapshot
     return svc.StreamAllocationInfoResponse(
         snapshot=ev.RoomSnapshot(
@@ -508,5 +523,56 @@ def subscription_out(item: m.SubscriptionItem) -> svc.StreamAllocationInfoRespon
             sequence=snap.sequence,
             server_time=ts(snap.server_time),
             reason=_REASON[item.reason],
+            viewer_eligibility=[pool_eligibility_out(e) for e in item.eligibility],
         )
+    )
+
+
+_GAP = {
+    Gap.NOT_FOLLOWER: res.ELIGIBILITY_GAP_NOT_FOLLOWER,
+    Gap.FOLLOWED_TOO_RECENTLY: res.ELIGIBILITY_GAP_FOLLOWED_TOO_RECENTLY,
+    Gap.NOT_NEW_FOLLOWER: res.ELIGIBILITY_GAP_NOT_NEW_FOLLOWER,
+    Gap.NOT_NEW_BUYER: res.ELIGIBILITY_GAP_NOT_NEW_BUYER,
+    Gap.WATCH_TIME: res.ELIGIBILITY_GAP_WATCH_TIME,
+}
+
+
+def missing_out(x: Missing) -> res.MissingRequirement:
+    out = res.MissingRequirement(gap=_GAP[x.gap], description=x.description)
+    if x.remaining is not None:
+        out.remaining.CopyFrom(_dur(x.remaining))
+    return out
+
+
+def pool_eligibility_out(e: PoolEligibility) -> res.PoolEligibility:
+    return res.PoolEligibility(
+        pool_id=e.pool_id, eligible=e.eligible, missing=[missing_out(x) for x in e.missing]
+    )
+
+
+def eligibility_out(e: Eligibility) -> res.Eligibility:
+    out = res.Eligibility(followers_only=e.followers_only, new_buyers_only=e.new_buyers_only)
+    for name in ("min_follow_age", "max_follow_age", "min_watch_time"):
+        value = getattr(e, name)
+        if value is not None:
+            getattr(out, name).CopyFrom(_dur(value))
+    return out
+
+
+def eligibility_in(e: res.Eligibility, field: str, out: list[FieldViolation]) -> Eligibility:
+    """A CreatePool's eligibility rule (durations checked for form here, range in the domain)."""
+
+    def optional(
+        name: Literal["min_follow_age", "max_follow_age", "min_watch_time"],
+    ) -> timedelta | None:
+        if not e.HasField(name):
+            return None
+        return duration_in(getattr(e, name), f"{field}.{name}", out)
+
+    return Eligibility(
+        followers_only=e.followers_only,
+        min_follow_age=optional("min_follow_age"),
+        max_follow_age=optional("max_follow_age"),
+        new_buyers_only=e.new_buyers_only,
+        min_watch_time=optional("min_watch_time"),
     )

@@ -18,6 +18,7 @@ from server.metrics import Metrics
 from server.service import allocate, checkout, configure, coupons, reports, rooms, subscribe
 from server.service.admission import AdmissionGate
 from server.service.context import ServiceContext
+from server.service.eligibility import EligibilityDesk
 from server.service.grants import GrantDesk
 from server.service.lifecycle import LifecycleTicker
 from server.store.interface import IdempotencyKey
@@ -38,6 +39,7 @@ class Servicer:
     heartbeat_seconds: float
     max_lag_events: int
     gate: AdmissionGate
+    eligibility: EligibilityDesk
     desk: GrantDesk | None = None
     """The batched grab path; None means one transaction per grab."""
     metrics: Metrics | None = None
@@ -110,7 +112,11 @@ class Servicer:
                 self.metrics.admission_refused.inc()
             raise
         with admitted:
-            if self.desk is not None:
+            allocate.check_grab(principal, key, request.pool_id)
+            refused = await self.eligibility.refusal(principal, key, request.pool_id)
+            if refused is not None:
+                result = refused
+            elif self.desk is not None:
                 result = await self.desk.allocate(principal, key, request.pool_id)
             else:
                 result = await allocate.allocate(self.ctx, principal, key, request.pool_id)
@@ -249,6 +255,7 @@ class Servicer:
             request.resume_after_sequence,
             self.heartbeat_seconds,
             self.max_lag_events,
+            self.eligibility,
         )
         async with contextlib.aclosing(subscription) as items:
             async for item in items:

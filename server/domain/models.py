@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+
+from server.domain.eligibility import Eligibility, Missing, PoolEligibility, ViewerFacts
 
 
 class Role(enum.StrEnum):
@@ -22,6 +24,8 @@ class Principal:
 
     subject: str
     role: Role
+    facts: ViewerFacts = field(default_factory=ViewerFacts, compare=False)
+    """What the platform vouches for about a viewer (from signed token claims)."""
 
 
 class CouponKind(enum.StrEnum):
@@ -55,6 +59,7 @@ class Outcome(enum.StrEnum):
     LIMIT_REACHED = "limit_reached"
     NOT_OPEN_YET = "not_open_yet"
     CLOSED = "closed"
+    NOT_ELIGIBLE = "not_eligible"
 
 
 class CouponState(enum.StrEnum):
@@ -181,6 +186,8 @@ class PoolSpec:
     stackable: bool = False
     claim_duration: timedelta | None = None
     """Claimable for this long after each opening (the push); not with claim_end."""
+    eligibility: Eligibility = field(default_factory=Eligibility)
+    """Who may grab."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +224,8 @@ class Pool:
     """1 for the first claim window, +1 per resend."""
     claim_duration: timedelta | None = None
     """Claimable for this long after each opening: claim_end is opening + this."""
+    eligibility: Eligibility = field(default_factory=Eligibility)
+    """Who may grab; immutable."""
 
     def state_at(self, now: datetime) -> PoolState:
         """The pool's state at `now`, derived from its window, stock and closing."""
@@ -402,6 +411,8 @@ class AllocationResult:
     server_time: datetime
     claim_start: datetime | None = None
     coupon: Coupon | None = None
+    missing: tuple[Missing, ...] = ()
+    """What the viewer lacks, when NOT_ELIGIBLE."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +448,17 @@ class SnapshotMessage:
 
     snapshot: RoomSnapshot
     reason: SnapshotReason
+    eligibility: tuple[PoolEligibility, ...] = ()
+    """For the subscribing viewer: pools with an eligibility rule."""
 
 
-SubscriptionItem = SnapshotMessage | RoomEvent | Heartbeat
+@dataclass(frozen=True, slots=True)
+class EligibilityUpdate:
+    """For the subscribing viewer: their eligibility for some pools, now."""
+
+    pools: tuple[PoolEligibility, ...]
+    server_time: datetime
+
+
+SubscriptionItem = SnapshotMessage | RoomEvent | Heartbeat | EligibilityUpdate
 """What a room subscription yields, in order."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from server.domain import eligibility
 from server.domain.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -47,6 +48,7 @@ def validate_spec(spec: PoolSpec, room: Room, limits: Limits, now: datetime, pre
         )
     _check_window(start, spec.claim_end, limits, now, prefix, out)
     _check_duration(spec.claim_duration, spec.claim_end, limits, f"{prefix}.claim_duration", out)
+    eligibility.validate(spec.eligibility, f"{prefix}.eligibility", out)
     end = spec.claim_end or (start + spec.claim_duration if spec.claim_duration else None)
     _check_validity(replace(spec, claim_end=end), start, limits, now, prefix, out)
     require(out)
@@ -228,6 +230,7 @@ def new_pool(spec: PoolSpec, room: Room, pool_id: str, now: datetime) -> tuple[P
         updated_at=now,
         stackable=spec.stackable,
         claim_duration=spec.claim_duration,
+        eligibility=spec.eligibility,
     )
     state = pool.state_at(now)
     kind = EventKind.POOL_OPENED if state is PoolState.OPEN else EventKind.POOL_SCHEDULED

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import replace
 
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from server.domain.models import (
+    EligibilityUpdate,
+    EventKind,
     Heartbeat,
     Pool,
     PoolState,
     Principal,
+    Role,
+    RoomEvent,
     RoomSnapshot,
     SnapshotMessage,
     SnapshotReason,
@@ -17,6 +22,7 @@ from server.domain.models import (
 )
 from server.domain.validation import check_id
 from server.service.context import ServiceContext
+from server.service.eligibility import EligibilityDesk
 from server.service.shielding import finish_even_if_cancelled
 from server.store.interface import EventBounds
 from server.streaming.feed import FeedRegistry, RoomFeed
@@ -46,6 +52,46 @@ async def _snapshot(ctx: ServiceContext, feed: RoomFeed, reason: SnapshotReason)
     return SnapshotMessage(RoomSnapshot(room_id, live, bounds.last, now), reason)
 
 
+# Events after which a viewer is told their eligibility for the pool (if it has a rule).
+_ELIGIBILITY_EVENTS = frozenset(
+    {EventKind.POOL_SCHEDULED, EventKind.POOL_OPENED, EventKind.POOL_CHANGED, EventKind.POOL_RESENT}
+)
+
+
+class _Viewer:
+    """What a stream does for the viewer behind it: counts their watch time and tells them
+    their eligibility. Other callers' streams skip all of it."""
+
+    def __init__(self, desk: EligibilityDesk | None, principal: Principal, room_id: str) -> None:
+        self.desk = desk if principal.role is Role.VIEWER else None
+        self.principal = principal
+        self.room_id = room_id
+
+    def joined(self) -> None:
+        if self.desk is not None:
+            self.desk.watch.opened(self.room_id, self.principal.subject)
+
+    def left(self) -> None:
+        if self.desk is not None:
+            self.desk.watch.closed(self.room_id, self.principal.subject)
+
+    async def snapshot(self, snap: SnapshotMessage) -> SnapshotMessage:
+        if self.desk is None or not any(p.eligibility.restricts for p in snap.snapshot.pools):
+            return snap
+        found = await self.desk.for_pools(self.principal, snap.snapshot.pools)
+        return replace(snap, eligibility=found)
+
+    async def after(self, event: RoomEvent, ctx: ServiceContext) -> EligibilityUpdate | None:
+        if (
+            self.desk is None
+            or event.kind not in _ELIGIBILITY_EVENTS
+            or not event.pool.eligibility.restricts
+        ):
+            return None
+        found = await self.desk.for_pools(self.principal, [event.pool])
+        return EligibilityUpdate(found, ctx.clock())
+
+
 async def subscribe(
     ctx: ServiceContext,
     feeds: FeedRegistry,
@@ -54,6 +100,7 @@ async def subscribe(
     resume_after: int,
     heartbeat_seconds: float,
     max_lag_events: int = 2048,
+    eligibility: EligibilityDesk | None = None,
 ) -> AsyncGenerator[SubscriptionItem, None]:
     """Yield the room's allocation info: a snapshot or the missed events, then live events.
 
@@ -62,7 +109,7 @@ async def subscribe(
     lifecycle events. A stream that, once caught up, falls more than `max_lag_events` behind
     the published events is sent a LAGGING snapshot instead of the backlog.
     """
-    del principal  # rooms are public to every authenticated caller
+    # Rooms are public to every authenticated caller.
     out: list[FieldViolation] = []
     check_id(room_id, "room_id", out)
     if resume_after < 0:
@@ -80,14 +127,16 @@ async def subscribe(
             raise NotFound("room", room_id)
         bounds = read
         feed = feeds.join(room_id, bounds.last)
+    viewer = _Viewer(eligibility, principal, room_id)
+    viewer.joined()
     try:
         if resume_after == 0 or resume_after > bounds.last:
             reason = SnapshotReason.INITIAL if resume_after == 0 else SnapshotReason.RESUME_UNKNOWN
-            snap = await _snapshot(ctx, feed, reason)
+            snap = await viewer.snapshot(await _snapshot(ctx, feed, reason))
             yield snap
             cursor = snap.snapshot.sequence
         elif resume_after < bounds.first_retained - 1:
-            snap = await _snapshot(ctx, feed, SnapshotReason.RESUME_TOO_OLD)
+            snap = await viewer.snapshot(await _snapshot(ctx, feed, SnapshotReason.RESUME_TOO_OLD))
             yield snap
             cursor = snap.snapshot.sequence
         else:
@@ -97,7 +146,7 @@ async def subscribe(
         live = False
         while not feeds.closed:
             if live and feed.behind(cursor, max_lag_events):
-                snap = await _snapshot(ctx, feed, SnapshotReason.LAGGING)
+                snap = await viewer.snapshot(await _snapshot(ctx, feed, SnapshotReason.LAGGING))
                 yield snap
                 cursor = snap.snapshot.sequence
                 continue
@@ -112,10 +161,15 @@ async def subscribe(
                         break
                     yield event
                     cursor = event.sequence
+                    update = await viewer.after(event, ctx)
+                    if update is not None:
+                        yield update
                 continue
             if published > cursor:
                 # Committed events we cannot read were pruned while we lagged: resync.
-                snap = await _snapshot(ctx, feed, SnapshotReason.RESUME_TOO_OLD)
+                snap = await viewer.snapshot(
+                    await _snapshot(ctx, feed, SnapshotReason.RESUME_TOO_OLD)
+                )
                 yield snap
                 cursor = snap.snapshot.sequence
                 continue
@@ -123,6 +177,7 @@ async def subscribe(
             if not await feed.wait_past(cursor, heartbeat_seconds) and not feeds.closed:
                 yield Heartbeat(ctx.clock(), cursor)
     finally:
+        viewer.left()
         feeds.leave(feed)
     raise Unavailable(
         "the server is shutting down; reconnect with resume_after_sequence", reason="SHUTTING_DOWN"

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from server.domain.eligibility import Eligibility
 from server.domain.models import (
     AllocationResult,
     CloseReason,
@@ -114,6 +115,42 @@ def target_from_json(text: str) -> Target:
     return Target(tuple(d["goods_ids"]), tuple(d["shop_ids"]))
 
 
+def _opt_seconds(value: timedelta | None) -> int | None:
+    return None if value is None else int(value.total_seconds())
+
+
+def _opt_delta(value: int | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)
+
+
+def eligibility_to_json(e: Eligibility) -> str | None:
+    """A pool's rule as JSON (seconds); None when it lets every viewer grab."""
+    if not e.restricts:
+        return None
+    return dumps(
+        {
+            "followers_only": e.followers_only,
+            "min_follow_age_s": _opt_seconds(e.min_follow_age),
+            "max_follow_age_s": _opt_seconds(e.max_follow_age),
+            "new_buyers_only": e.new_buyers_only,
+            "min_watch_time_s": _opt_seconds(e.min_watch_time),
+        }
+    )
+
+
+def eligibility_from_json(text: str | None) -> Eligibility:
+    if not text:
+        return Eligibility()
+    d = json.loads(text)
+    return Eligibility(
+        followers_only=d["followers_only"],
+        min_follow_age=_opt_delta(d["min_follow_age_s"]),
+        max_follow_age=_opt_delta(d["max_follow_age_s"]),
+        new_buyers_only=d["new_buyers_only"],
+        min_watch_time=_opt_delta(d["min_watch_time_s"]),
+    )
+
+
 def pool_to_row(p: Pool) -> dict[str, Any]:
     """The pools table row of a pool."""
     return {
@@ -146,6 +183,7 @@ def pool_to_row(p: Pool) -> dict[str, Any]:
         "claim_duration_s": None
         if p.claim_duration is None
         else int(p.claim_duration.total_seconds()),
+        "eligibility": eligibility_to_json(p.eligibility),
     }
 
 
@@ -183,6 +221,7 @@ def pool_from_row(r: Any) -> Pool:
         claim_duration=None
         if r.get("claim_duration_s") is None
         else timedelta(seconds=r["claim_duration_s"]),
+        eligibility=eligibility_from_json(r.get("eligibility")),
     )
 
 

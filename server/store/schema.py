@@ -68,6 +68,7 @@ pools = Table(
     Column("pinned", Boolean, nullable=False, server_default=false()),
     Column("round", Integer, nullable=False, server_default=text("1")),
     Column("claim_duration_s", BigInteger, nullable=True),
+    Column("eligibility", Text, nullable=True),  # JSON Eligibility; NULL: every viewer
     CheckConstraint("remaining_quantity >= 0", name="ck_pools_remaining_nonneg"),
     CheckConstraint("granted_quantity >= 0", name="ck_pools_granted_nonneg"),
     CheckConstraint("withdrawn_quantity >= 0", name="ck_pools_withdrawn_nonneg"),

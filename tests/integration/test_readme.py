@@ -69,6 +69,8 @@ async def test_readme_grpcurl_examples_work_as_written(
     assert '"outcome": "ALLOCATION_OUTCOME_GRANTED"' in out, transcript
     assert '"discount_minor": "2000"' in out, transcript
     assert '"released": true' in out, transcript
+    assert '"outcome": "ALLOCATION_OUTCOME_NOT_ELIGIBLE"' in out, transcript
+    assert "ELIGIBILITY_GAP_NOT_FOLLOWER" in out and "ELIGIBILITY_GAP_WATCH_TIME" in out, transcript
     for state in ("LOCKED", "CONFIRMED", "REFUNDED"):  # lock, confirm, refund in full
         assert f'"state": "REDEMPTION_STATE_{state}"' in out, transcript
     assert '"sequence": "1"' in out and '"viewer_id": "viewer-1"' in out, transcript  # winners

@@ -12,6 +12,7 @@ import jwt
 import pytest
 
 from client_sdk.cli import main
+from client_sdk.tokens import mint_token
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc_pb2
 from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as svc_grpc
 
@@ -55,6 +56,22 @@ def test_cli_token_prints_a_valid_token(capsys: pytest.CaptureFixture[str]) -> N
     token = capsys.readouterr().out.strip()
     claims = jwt.decode(token, KEY, algorithms=["HS256"], audience="liveresource")
     assert (claims["sub"], claims["role"]) == ("s9", "streamer")
+
+
+def test_cli_token_carries_the_viewer_facts(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["token", "--role", "viewer", "--subject", "v9", "--key", KEY]
+    argv += ["--follows", "streamer-1=1700000000", "--follows", "streamer-2"]
+    argv += ["--bought-from", "shop-1"]
+    assert main(argv) == 0
+    token = capsys.readouterr().out.strip()
+    claims = jwt.decode(token, KEY, algorithms=["HS256"], audience="liveresource")
+    assert claims["follows"]["streamer-1"] == 1700000000
+    assert claims["follows"]["streamer-2"] > 1700000000
+    assert claims["bought_from"] == ["shop-1"]
+    plain = jwt.decode(
+        mint_token("v", "viewer", key=KEY), KEY, algorithms=["HS256"], audience="liveresource"
+    )
+    assert "follows" not in plain and "bought_from" not in plain
 
 
 def test_cli_reports_a_missing_key(capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,39 +26,41 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from generated.liveresource.v1 import resources_pb2 as liveresource_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cliveresource/v1/events.proto\x12\x0fliveresource.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fliveresource/v1/resources.proto\"\xb9\x01\n\x0cRoomSnapshot\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12$\n\x05pools\x18\x02 \x03(\x0b\x32\x15.liveresource.v1.Pool\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06reason\x18\x05 \x01(\x0e\x32\x1f.liveresource.v1.SnapshotReason\"4\n\rPoolScheduled\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"1\n\nPoolOpened\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"2\n\x0bPoolChanged\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"B\n\x0cStockChanged\x12\x1a\n\x12remaining_quantity\x18\x01 \x01(\x03\x12\x16\n\x0etotal_quantity\x18\x02 \x01(\x03\"%\n\x0bPoolSoldOut\x12\x16\n\x0etotal_quantity\x18\x01 \x01(\x03\"1\n\nPoolPinned\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"3\n\x0cPoolUnpinned\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"1\n\nPoolResent\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"V\n\nPoolClosed\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.liveresource.v1.CloseReason\x12\x1a\n\x12withdrawn_quantity\x18\x02 \x01(\x03\"\xf2\x04\n\tRoomEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07pool_id\x18\x03 \x01(\t\x12\x38\n\x0epool_scheduled\x18\x04 \x01(\x0b\x32\x1e.liveresource.v1.PoolScheduledH\x00\x12\x32\n\x0bpool_opened\x18\x05 \x01(\x0b\x32\x1b.liveresource.v1.PoolOpenedH\x00\x12\x34\n\x0cpool_changed\x18\x06 \x01(\x0b\x32\x1c.liveresource.v1.PoolChangedH\x00\x12\x36\n\rstock_changed\x18\x07 \x01(\x0b\x32\x1d.liveresource.v1.StockChangedH\x00\x12\x35\n\rpool_sold_out\x18\x08 \x01(\x0b\x32\x1c.liveresource.v1.PoolSoldOutH\x00\x12\x32\n\x0bpool_closed\x18\t \x01(\x0b\x32\x1b.liveresource.v1.PoolClosedH\x00\x12\x32\n\x0bpool_pinned\x18\x0b \x01(\x0b\x32\x1b.liveresource.v1.PoolPinnedH\x00\x12\x36\n\rpool_unpinned\x18\x0c \x01(\x0b\x32\x1d.liveresource.v1.PoolUnpinnedH\x00\x12\x32\n\x0bpool_resent\x18\r \x01(\x0b\x32\x1b.liveresource.v1.PoolResentH\x00\x12#\n\x1bprevious_lifecycle_sequence\x18\n \x01(\x03\x42\x06\n\x04kind\"N\n\tHeartbeat\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x02 \x01(\x03*\xb3\x01\n\x0eSnapshotReason\x12\x1f\n\x1bSNAPSHOT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17SNAPSHOT_REASON_INITIAL\x10\x01\x12\"\n\x1eSNAPSHOT_REASON_RESUME_TOO_OLD\x10\x02\x12\"\n\x1eSNAPSHOT_REASON_RESUME_UNKNOWN\x10\x03\x12\x1b\n\x17SNAPSHOT_REASON_LAGGING\x10\x04*d\n\x0b\x43loseReason\x12\x1c\n\x18\x43LOSE_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43LOSE_REASON_STOPPED\x10\x01\x12\x1d\n\x19\x43LOSE_REASON_WINDOW_ENDED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cliveresource/v1/events.proto\x12\x0fliveresource.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fliveresource/v1/resources.proto\"\xf7\x01\n\x0cRoomSnapshot\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12$\n\x05pools\x18\x02 \x03(\x0b\x32\x15.liveresource.v1.Pool\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06reason\x18\x05 \x01(\x0e\x32\x1f.liveresource.v1.SnapshotReason\x12<\n\x12viewer_eligibility\x18\x06 \x03(\x0b\x32 .liveresource.v1.PoolEligibility\"u\n\x11\x45ligibilityUpdate\x12/\n\x05pools\x18\x01 \x03(\x0b\x32 .liveresource.v1.PoolEligibility\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\rPoolScheduled\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"1\n\nPoolOpened\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"2\n\x0bPoolChanged\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"B\n\x0cStockChanged\x12\x1a\n\x12remaining_quantity\x18\x01 \x01(\x03\x12\x16\n\x0etotal_quantity\x18\x02 \x01(\x03\"%\n\x0bPoolSoldOut\x12\x16\n\x0etotal_quantity\x18\x01 \x01(\x03\"1\n\nPoolPinned\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"3\n\x0cPoolUnpinned\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"1\n\nPoolResent\x12#\n\x04pool\x18\x01 \x01(\x0b\x32\x15.liveresource.v1.Pool\"V\n\nPoolClosed\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.liveresource.v1.CloseReason\x12\x1a\n\x12withdrawn_quantity\x18\x02 \x01(\x03\"\xf2\x04\n\tRoomEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07pool_id\x18\x03 \x01(\t\x12\x38\n\x0epool_scheduled\x18\x04 \x01(\x0b\x32\x1e.liveresource.v1.PoolScheduledH\x00\x12\x32\n\x0bpool_opened\x18\x05 \x01(\x0b\x32\x1b.liveresource.v1.PoolOpenedH\x00\x12\x34\n\x0cpool_changed\x18\x06 \x01(\x0b\x32\x1c.liveresource.v1.PoolChangedH\x00\x12\x36\n\rstock_changed\x18\x07 \x01(\x0b\x32\x1d.liveresource.v1.StockChangedH\x00\x12\x35\n\rpool_sold_out\x18\x08 \x01(\x0b\x32\x1c.liveresource.v1.PoolSoldOutH\x00\x12\x32\n\x0bpool_closed\x18\t \x01(\x0b\x32\x1b.liveresource.v1.PoolClosedH\x00\x12\x32\n\x0bpool_pinned\x18\x0b \x01(\x0b\x32\x1b.liveresource.v1.PoolPinnedH\x00\x12\x36\n\rpool_unpinned\x18\x0c \x01(\x0b\x32\x1d.liveresource.v1.PoolUnpinnedH\x00\x12\x32\n\x0bpool_resent\x18\r \x01(\x0b\x32\x1b.liveresource.v1.PoolResentH\x00\x12#\n\x1bprevious_lifecycle_sequence\x18\n \x01(\x03\x42\x06\n\x04kind\"N\n\tHeartbeat\x12/\n\x0bserver_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x02 \x01(\x03*\xb3\x01\n\x0eSnapshotReason\x12\x1f\n\x1bSNAPSHOT_REASON_UNSPECIFIED\x10\x00\x12\x1b\n\x17SNAPSHOT_REASON_INITIAL\x10\x01\x12\"\n\x1eSNAPSHOT_REASON_RESUME_TOO_OLD\x10\x02\x12\"\n\x1eSNAPSHOT_REASON_RESUME_UNKNOWN\x10\x03\x12\x1b\n\x17SNAPSHOT_REASON_LAGGING\x10\x04*d\n\x0b\x43loseReason\x12\x1c\n\x18\x43LOSE_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43LOSE_REASON_STOPPED\x10\x01\x12\x1d\n\x19\x43LOSE_REASON_WINDOW_ENDED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'liveresource.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SNAPSHOTREASON']._serialized_start=1520
-  _globals['_SNAPSHOTREASON']._serialized_end=1699
-  _globals['_CLOSEREASON']._serialized_start=1701
-  _globals['_CLOSEREASON']._serialized_end=1801
+  _globals['_SNAPSHOTREASON']._serialized_start=1701
+  _globals['_SNAPSHOTREASON']._serialized_end=1880
+  _globals['_CLOSEREASON']._serialized_start=1882
+  _globals['_CLOSEREASON']._serialized_end=1982
   _globals['_ROOMSNAPSHOT']._serialized_start=116
-  _globals['_ROOMSNAPSHOT']._serialized_end=301
-  _globals['_POOLSCHEDULED']._serialized_start=303
-  _globals['_POOLSCHEDULED']._serialized_end=355
-  _globals['_POOLOPENED']._serialized_start=357
-  _globals['_POOLOPENED']._serialized_end=406
-  _globals['_POOLCHANGED']._serialized_start=408
-  _globals['_POOLCHANGED']._serialized_end=458
-  _globals['_STOCKCHANGED']._serialized_start=460
-  _globals['_STOCKCHANGED']._serialized_end=526
-  _globals['_POOLSOLDOUT']._serialized_start=528
-  _globals['_POOLSOLDOUT']._serialized_end=565
-  _globals['_POOLPINNED']._serialized_start=567
-  _globals['_POOLPINNED']._serialized_end=616
-  _globals['_POOLUNPINNED']._serialized_start=618
-  _globals['_POOLUNPINNED']._serialized_end=669
-  _globals['_POOLRESENT']._serialized_start=671
-  _globals['_POOLRESENT']._serialized_end=720
-  _globals['_POOLCLOSED']._serialized_start=722
-  _globals['_POOLCLOSED']._serialized_end=808
-  _globals['_ROOMEVENT']._serialized_start=811
-  _globals['_ROOMEVENT']._serialized_end=1437
-  _globals['_HEARTBEAT']._serialized_start=1439
-  _globals['_HEARTBEAT']._serialized_end=1517
+  _globals['_ROOMSNAPSHOT']._serialized_end=363
+  _globals['_ELIGIBILITYUPDATE']._serialized_start=365
+  _globals['_ELIGIBILITYUPDATE']._serialized_end=482
+  _globals['_POOLSCHEDULED']._serialized_start=484
+  _globals['_POOLSCHEDULED']._serialized_end=536
+  _globals['_POOLOPENED']._serialized_start=538
+  _globals['_POOLOPENED']._serialized_end=587
+  _globals['_POOLCHANGED']._serialized_start=589
+  _globals['_POOLCHANGED']._serialized_end=639
+  _globals['_STOCKCHANGED']._serialized_start=641
+  _globals['_STOCKCHANGED']._serialized_end=707
+  _globals['_POOLSOLDOUT']._serialized_start=709
+  _globals['_POOLSOLDOUT']._serialized_end=746
+  _globals['_POOLPINNED']._serialized_start=748
+  _globals['_POOLPINNED']._serialized_end=797
+  _globals['_POOLUNPINNED']._serialized_start=799
+  _globals['_POOLUNPINNED']._serialized_end=850
+  _globals['_POOLRESENT']._serialized_start=852
+  _globals['_POOLRESENT']._serialized_end=901
+  _globals['_POOLCLOSED']._serialized_start=903
+  _globals['_POOLCLOSED']._serialized_end=989
+  _globals['_ROOMEVENT']._serialized_start=992
+  _globals['_ROOMEVENT']._serialized_end=1618
+  _globals['_HEARTBEAT']._serialized_start=1620
+  _globals['_HEARTBEAT']._serialized_end=1698
 # @@protoc_insertion_point(module_scope)

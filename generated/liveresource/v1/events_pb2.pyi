@@ -102,6 +102,7 @@ class RoomSnapshot(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    VIEWER_ELIGIBILITY_FIELD_NUMBER: _builtins.int
     room_id: _builtins.str
     """The room."""
     sequence: _builtins.int
@@ -120,6 +121,12 @@ class RoomSnapshot(_message.Message):
     def server_time(self) -> _timestamp_pb2.Timestamp:
         """The server's clock when the snapshot was taken, for countdowns."""
 
+    @_builtins.property
+    def viewer_eligibility(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.PoolEligibility]:
+        """For the subscribing viewer (empty for other callers): each pool with an
+        eligibility rule, whether they may grab now and what is missing.
+        """
+
     def __init__(
         self,
         *,
@@ -128,14 +135,45 @@ class RoomSnapshot(_message.Message):
         sequence: _builtins.int = ...,
         server_time: _timestamp_pb2.Timestamp | None = ...,
         reason: Global___SnapshotReason.ValueType = ...,
+        viewer_eligibility: _abc.Iterable[_resources_pb2.PoolEligibility] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pools", b"pools", "reason", b"reason", "room_id", b"room_id", "sequence", b"sequence", "server_time", b"server_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pools", b"pools", "reason", b"reason", "room_id", b"room_id", "sequence", b"sequence", "server_time", b"server_time", "viewer_eligibility", b"viewer_eligibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoomSnapshot: _TypeAlias = RoomSnapshot  # noqa: Y015
+
+@_typing.final
+class EligibilityUpdate(_message.Message):
+    """For the subscribing viewer: their eligibility for some pools, now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOLS_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pools(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.PoolEligibility]:
+        """One entry per pool concerned."""
+
+    @_builtins.property
+    def server_time(self) -> _timestamp_pb2.Timestamp:
+        """The server's clock when it was decided (remaining times count from it)."""
+
+    def __init__(
+        self,
+        *,
+        pools: _abc.Iterable[_resources_pb2.PoolEligibility] | None = ...,
+        server_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pools", b"pools", "server_time", b"server_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EligibilityUpdate: _TypeAlias = EligibilityUpdate  # noqa: Y015
 
 @_typing.final
 class PoolScheduled(_message.Message):

@@ -41,6 +41,11 @@ class _AllocationOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_All
     """The claim window has not started; see claim_start_time."""
     ALLOCATION_OUTCOME_CLOSED: _AllocationOutcome.ValueType  # 5
     """The claim window ended or the pool was stopped."""
+    ALLOCATION_OUTCOME_NOT_ELIGIBLE: _AllocationOutcome.ValueType  # 6
+    """The viewer does not meet the pool's eligibility; see missing. Not
+    recorded: a retry is decided afresh (a request_id that was granted still
+    returns its grant).
+    """
 
 class AllocationOutcome(_AllocationOutcome, metaclass=_AllocationOutcomeEnumTypeWrapper):
     """The result of a grab."""
@@ -57,6 +62,11 @@ ALLOCATION_OUTCOME_NOT_OPEN_YET: AllocationOutcome.ValueType  # 4
 """The claim window has not started; see claim_start_time."""
 ALLOCATION_OUTCOME_CLOSED: AllocationOutcome.ValueType  # 5
 """The claim window ended or the pool was stopped."""
+ALLOCATION_OUTCOME_NOT_ELIGIBLE: AllocationOutcome.ValueType  # 6
+"""The viewer does not meet the pool's eligibility; see missing. Not
+recorded: a retry is decided afresh (a request_id that was granted still
+returns its grant).
+"""
 Global___AllocationOutcome: _TypeAlias = AllocationOutcome  # noqa: Y015
 
 class _RefundKind:
@@ -197,6 +207,7 @@ class CreatePool(_message.Message):
     VALIDITY_FIELD_NUMBER: _builtins.int
     STACKABLE_FIELD_NUMBER: _builtins.int
     CLAIM_DURATION_FIELD_NUMBER: _builtins.int
+    ELIGIBILITY_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     """Required. Title shown on the grab control, 1-100 characters."""
     total_quantity: _builtins.int
@@ -242,6 +253,13 @@ class CreatePool(_message.Message):
         either, the pool is claimable until sold out or stopped.
         """
 
+    @_builtins.property
+    def eligibility(self) -> _resources_pb2.Eligibility:
+        """Optional. Who may grab; unset means every viewer. Durations in whole
+        seconds: min_follow_age and max_follow_age at most 3650 days (and the
+        minimum below the maximum), min_watch_time at most 24 hours.
+        """
+
     def __init__(
         self,
         *,
@@ -255,10 +273,11 @@ class CreatePool(_message.Message):
         validity: _resources_pb2.CouponValidity | None = ...,
         stackable: _builtins.bool = ...,
         claim_duration: _duration_pb2.Duration | None = ...,
+        eligibility: _resources_pb2.Eligibility | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "target", b"target", "terms", b"terms", "validity", b"validity"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "eligibility", b"eligibility", "target", b"target", "terms", b"terms", "validity", b"validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "per_viewer_limit", b"per_viewer_limit", "stackable", b"stackable", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "validity", b"validity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "eligibility", b"eligibility", "per_viewer_limit", b"per_viewer_limit", "stackable", b"stackable", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "validity", b"validity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -581,6 +600,7 @@ class StreamAllocationInfoResponse(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    ELIGIBILITY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def snapshot(self) -> _events_pb2.RoomSnapshot:
         """The room's state; sent first (unless resuming) and whenever the client
@@ -595,18 +615,25 @@ class StreamAllocationInfoResponse(_message.Message):
     def heartbeat(self) -> _events_pb2.Heartbeat:
         """Nothing happened for a while; the server's clock."""
 
+    @_builtins.property
+    def eligibility(self) -> _events_pb2.EligibilityUpdate:
+        """For this viewer: whether they may grab from pools with an eligibility
+        rule. Sent after an event that opens, changes or resends such a pool.
+        """
+
     def __init__(
         self,
         *,
         snapshot: _events_pb2.RoomSnapshot | None = ...,
         event: _events_pb2.RoomEvent | None = ...,
         heartbeat: _events_pb2.Heartbeat | None = ...,
+        eligibility: _events_pb2.EligibilityUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "payload", b"payload", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["eligibility", b"eligibility", "event", b"event", "heartbeat", b"heartbeat", "payload", b"payload", "snapshot", b"snapshot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "payload", b"payload", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligibility", b"eligibility", "event", b"event", "heartbeat", b"heartbeat", "payload", b"payload", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["snapshot", "event", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["snapshot", "event", "heartbeat", "eligibility"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -651,10 +678,13 @@ class AllocateResponse(_message.Message):
     REMAINING_QUANTITY_FIELD_NUMBER: _builtins.int
     CLAIM_START_TIME_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
     outcome: Global___AllocationOutcome.ValueType
     """What happened."""
     remaining_quantity: _builtins.int
-    """Coupons left in the pool when the answer was decided."""
+    """Coupons left in the pool when the answer was decided (0 when
+    NOT_ELIGIBLE).
+    """
     @_builtins.property
     def coupon(self) -> _resources_pb2.Coupon:
         """The coupon granted, when outcome is GRANTED."""
@@ -667,6 +697,10 @@ class AllocateResponse(_message.Message):
     def server_time(self) -> _timestamp_pb2.Timestamp:
         """The server's clock when the answer was decided."""
 
+    @_builtins.property
+    def missing(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.MissingRequirement]:
+        """What the viewer is missing, when outcome is NOT_ELIGIBLE."""
+
     def __init__(
         self,
         *,
@@ -675,10 +709,11 @@ class AllocateResponse(_message.Message):
         remaining_quantity: _builtins.int = ...,
         claim_start_time: _timestamp_pb2.Timestamp | None = ...,
         server_time: _timestamp_pb2.Timestamp | None = ...,
+        missing: _abc.Iterable[_resources_pb2.MissingRequirement] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["claim_start_time", b"claim_start_time", "coupon", b"coupon", "server_time", b"server_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_start_time", b"claim_start_time", "coupon", b"coupon", "outcome", b"outcome", "remaining_quantity", b"remaining_quantity", "server_time", b"server_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_start_time", b"claim_start_time", "coupon", b"coupon", "missing", b"missing", "outcome", b"outcome", "remaining_quantity", b"remaining_quantity", "server_time", b"server_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,6 +81,42 @@ streamer resends it (a new round).
 """
 Global___PoolState: _TypeAlias = PoolState  # noqa: Y015
 
+class _EligibilityGap:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EligibilityGapEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EligibilityGap.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ELIGIBILITY_GAP_UNSPECIFIED: _EligibilityGap.ValueType  # 0
+    """Not set."""
+    ELIGIBILITY_GAP_NOT_FOLLOWER: _EligibilityGap.ValueType  # 1
+    """Not a follower of the streamer."""
+    ELIGIBILITY_GAP_FOLLOWED_TOO_RECENTLY: _EligibilityGap.ValueType  # 2
+    """A follower for less than min_follow_age; see remaining."""
+    ELIGIBILITY_GAP_NOT_NEW_FOLLOWER: _EligibilityGap.ValueType  # 3
+    """A follower for longer than max_follow_age: not a new follower."""
+    ELIGIBILITY_GAP_NOT_NEW_BUYER: _EligibilityGap.ValueType  # 4
+    """Has ordered from one of the room's linked shops before."""
+    ELIGIBILITY_GAP_WATCH_TIME: _EligibilityGap.ValueType  # 5
+    """Has not watched long enough yet; see remaining."""
+
+class EligibilityGap(_EligibilityGap, metaclass=_EligibilityGapEnumTypeWrapper):
+    """A condition of a pool's eligibility that a viewer does not meet."""
+
+ELIGIBILITY_GAP_UNSPECIFIED: EligibilityGap.ValueType  # 0
+"""Not set."""
+ELIGIBILITY_GAP_NOT_FOLLOWER: EligibilityGap.ValueType  # 1
+"""Not a follower of the streamer."""
+ELIGIBILITY_GAP_FOLLOWED_TOO_RECENTLY: EligibilityGap.ValueType  # 2
+"""A follower for less than min_follow_age; see remaining."""
+ELIGIBILITY_GAP_NOT_NEW_FOLLOWER: EligibilityGap.ValueType  # 3
+"""A follower for longer than max_follow_age: not a new follower."""
+ELIGIBILITY_GAP_NOT_NEW_BUYER: EligibilityGap.ValueType  # 4
+"""Has ordered from one of the room's linked shops before."""
+ELIGIBILITY_GAP_WATCH_TIME: EligibilityGap.ValueType  # 5
+"""Has not watched long enough yet; see remaining."""
+Global___EligibilityGap: _TypeAlias = EligibilityGap  # noqa: Y015
+
 class _CouponState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -459,6 +495,7 @@ class Pool(_message.Message):
     PINNED_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
     CLAIM_DURATION_FIELD_NUMBER: _builtins.int
+    ELIGIBILITY_FIELD_NUMBER: _builtins.int
     pool_id: _builtins.str
     """Output only. Server-assigned pool id."""
     room_id: _builtins.str
@@ -530,6 +567,10 @@ class Pool(_message.Message):
         ends at claim_end_time, or, without one, when the streamer stops it.
         """
 
+    @_builtins.property
+    def eligibility(self) -> Global___Eligibility:
+        """Who may grab; unset means every viewer. Set at creation; immutable."""
+
     def __init__(
         self,
         *,
@@ -554,14 +595,136 @@ class Pool(_message.Message):
         pinned: _builtins.bool = ...,
         round: _builtins.int = ...,
         claim_duration: _duration_pb2.Duration | None = ...,
+        eligibility: Global___Eligibility | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "create_time", b"create_time", "target", b"target", "terms", b"terms", "update_time", b"update_time", "validity", b"validity"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "create_time", b"create_time", "eligibility", b"eligibility", "target", b"target", "terms", b"terms", "update_time", b"update_time", "validity", b"validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "create_time", b"create_time", "granted_quantity", b"granted_quantity", "per_viewer_limit", b"per_viewer_limit", "pinned", b"pinned", "pool_id", b"pool_id", "remaining_quantity", b"remaining_quantity", "room_id", b"room_id", "round", b"round", "stackable", b"stackable", "state", b"state", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "update_time", b"update_time", "validity", b"validity", "version", b"version", "withdrawn_quantity", b"withdrawn_quantity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim_duration", b"claim_duration", "claim_end_time", b"claim_end_time", "claim_start_time", b"claim_start_time", "create_time", b"create_time", "eligibility", b"eligibility", "granted_quantity", b"granted_quantity", "per_viewer_limit", b"per_viewer_limit", "pinned", b"pinned", "pool_id", b"pool_id", "remaining_quantity", b"remaining_quantity", "room_id", b"room_id", "round", b"round", "stackable", b"stackable", "state", b"state", "target", b"target", "terms", b"terms", "title", b"title", "total_quantity", b"total_quantity", "update_time", b"update_time", "validity", b"validity", "version", b"version", "withdrawn_quantity", b"withdrawn_quantity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Pool: _TypeAlias = Pool  # noqa: Y015
+
+@_typing.final
+class Eligibility(_message.Message):
+    """Who may grab from a pool. Every condition set must hold. Facts only the
+    platform knows (when the viewer followed the streamer, the shops they
+    ordered from) come signed in the viewer's token (claims `follows`: an object
+    of streamer id to the Unix time they followed, and `bought_from`: a list of
+    shop ids); the watch time is measured by the server itself from the
+    viewer's room subscription.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOLLOWERS_ONLY_FIELD_NUMBER: _builtins.int
+    MIN_FOLLOW_AGE_FIELD_NUMBER: _builtins.int
+    MAX_FOLLOW_AGE_FIELD_NUMBER: _builtins.int
+    NEW_BUYERS_ONLY_FIELD_NUMBER: _builtins.int
+    MIN_WATCH_TIME_FIELD_NUMBER: _builtins.int
+    followers_only: _builtins.bool
+    """Only viewers who follow the room's streamer."""
+    new_buyers_only: _builtins.bool
+    """Only viewers with no earlier order from any of the room's linked shops."""
+    @_builtins.property
+    def min_follow_age(self) -> _duration_pb2.Duration:
+        """With followers_only: only those who have followed for at least this long."""
+
+    @_builtins.property
+    def max_follow_age(self) -> _duration_pb2.Duration:
+        """With followers_only: only new followers, who followed at most this long
+        ago.
+        """
+
+    @_builtins.property
+    def min_watch_time(self) -> _duration_pb2.Duration:
+        """Only viewers who have watched the room for at least this long: counted
+        from the start of their room subscription, reconnects within the server's
+        watch gap tolerated.
+        """
+
+    def __init__(
+        self,
+        *,
+        followers_only: _builtins.bool = ...,
+        min_follow_age: _duration_pb2.Duration | None = ...,
+        max_follow_age: _duration_pb2.Duration | None = ...,
+        new_buyers_only: _builtins.bool = ...,
+        min_watch_time: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_follow_age", b"max_follow_age", "min_follow_age", b"min_follow_age", "min_watch_time", b"min_watch_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["followers_only", b"followers_only", "max_follow_age", b"max_follow_age", "min_follow_age", b"min_follow_age", "min_watch_time", b"min_watch_time", "new_buyers_only", b"new_buyers_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Eligibility: _TypeAlias = Eligibility  # noqa: Y015
+
+@_typing.final
+class MissingRequirement(_message.Message):
+    """What a viewer is missing to grab from a pool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GAP_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    gap: Global___EligibilityGap.ValueType
+    """Which condition."""
+    description: _builtins.str
+    """A short English explanation, e.g. "watch 40 more seconds"."""
+    @_builtins.property
+    def remaining(self) -> _duration_pb2.Duration:
+        """For FOLLOWED_TOO_RECENTLY and WATCH_TIME: how much longer until it holds
+        (if the viewer keeps watching).
+        """
+
+    def __init__(
+        self,
+        *,
+        gap: Global___EligibilityGap.ValueType = ...,
+        remaining: _duration_pb2.Duration | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["remaining", b"remaining"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "gap", b"gap", "remaining", b"remaining"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MissingRequirement: _TypeAlias = MissingRequirement  # noqa: Y015
+
+@_typing.final
+class PoolEligibility(_message.Message):
+    """Whether the viewer may grab from a pool now, and if not, what is missing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_ID_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    pool_id: _builtins.str
+    """The pool."""
+    eligible: _builtins.bool
+    """True if every condition of the pool's eligibility holds now."""
+    @_builtins.property
+    def missing(self) -> _containers.RepeatedCompositeFieldContainer[Global___MissingRequirement]:
+        """The conditions not met; empty when eligible."""
+
+    def __init__(
+        self,
+        *,
+        pool_id: _builtins.str = ...,
+        eligible: _builtins.bool = ...,
+        missing: _abc.Iterable[Global___MissingRequirement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "missing", b"missing", "pool_id", b"pool_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PoolEligibility: _TypeAlias = PoolEligibility  # noqa: Y015
 
 @_typing.final
 class Coupon(_message.Message):
