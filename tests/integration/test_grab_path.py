@@ -275,6 +275,8 @@ async def test_both_grab_paths_hold_totals_limits_and_idempotency_under_a_race(
         granted = [a.coupon for a in answers if a.outcome == svc.ALLOCATION_OUTCOME_GRANTED]
         assert len(granted) == 40 and len({c.code for c in granted}) == 40
         assert max(collections.Counter(c.viewer_id for c in granted).values()) <= 2
+        # The winner list's order: every grant numbered once, with no gap, on both paths.
+        assert sorted(c.grant_sequence for c in granted) == list(range(1, 41))
         rows = await count_rows(
             handle,
             "SELECT granted_quantity, remaining_quantity FROM pools WHERE pool_id = :p",

@@ -97,6 +97,24 @@ async def test_pin_and_unpin_are_events_and_one_pool_is_pinned(
         )
 
 
+async def test_pins_racing_in_one_room_leave_one_pool_pinned(
+    make_room: RoomMaker, clients: ClientFactory
+) -> None:
+    room = await make_room()
+    pools = [await create(room, fixed_pool(room.room_id)) for _ in range(6)]
+    pinned = await asyncio.gather(
+        *(
+            room.streamer.configure_resources(
+                room.room_id, pin_pool=svc.PinPool(pool_id=p.pool_id, expected_version=p.version)
+            )
+            for p in pools
+        )
+    )
+    assert all(answer.pool.pinned for answer in pinned)
+    snapshot = await snapshot_of(clients("viewer", unique("fan")), room.room_id)
+    assert sum(p.pinned for p in snapshot.pools) == 1
+
+
 async def test_a_stopped_pool_is_resent_as_a_new_round(
     make_room: RoomMaker, clients: ClientFactory
 ) -> None:

@@ -58,6 +58,15 @@ async def test_200_viewers_racing_for_50_coupons_with_retries(
     }
     for i, coupon in granted:
         assert coupon.viewer_id == f"racer-{i:03d}"
+    stats = await room.streamer.get_pool_stats(room.room_id, pool.pool_id)
+    assert (stats.total_quantity, stats.remaining_quantity, stats.held_quantity) == (
+        COUPONS,
+        0,
+        COUPONS,
+    )
+    winners = (await room.streamer.list_pool_grants(room.room_id, pool.pool_id)).grants
+    assert [g.sequence for g in winners] == list(range(1, COUPONS + 1))
+    assert sorted(g.coupon_id for g in winners) == sorted(c.coupon_id for _, c in granted)
 
     # The store agrees: every grant recorded once, conservation holds, nobody over the limit.
     async with server.running.store.engine.connect() as conn:
