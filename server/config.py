@@ -120,4 +120,24 @@ def load_settings(
             help=f"(env {var}; default {default})",
         )
     args = parser.parse_args(argv)
-    return Settings(**vars(args))
+    settings = Settings(**vars(args))
+    for problem in _problems(settings):
+        parser.error(problem)
+    return settings
+
+
+def _problems(s: Settings) -> list[str]:
+    """Values no server can run with (argparse prints the first and exits with status 2)."""
+    out = []
+    if not 0 <= s.port <= 65535 or not 0 <= s.metrics_port <= 65535:
+        out.append("ports must be within 0-65535")
+    for name in ("heartbeat_seconds", "checkout_lock_seconds", "event_retention_seconds"):
+        if not getattr(s, name) > 0:
+            out.append(f"--{name.replace('_', '-')} must be above 0")
+    for name in ("stock_update_interval_seconds", "watch_gap_seconds", "shutdown_grace_seconds"):
+        if getattr(s, name) < 0:
+            out.append(f"--{name.replace('_', '-')} must not be negative")
+    for name in ("stream_max_lag_events", "admission_limit", "processes"):
+        if getattr(s, name) < 1:
+            out.append(f"--{name.replace('_', '-')} must be at least 1")
+    return out
