@@ -26,7 +26,7 @@ from server.service.eligibility import EligibilityDesk
 from server.service.grants import GrantDesk
 from server.service.lifecycle import LifecycleTicker, prune_forever
 from server.service.shielding import drain
-from server.service.watch import WatchTracker
+from server.service.watch import WatchJournal, WatchTracker
 from server.store.interface import Store
 from server.store.sql_store import SqlStore
 from server.streaming.feed import FeedRegistry
@@ -114,14 +114,18 @@ async def start_server(
         stock_interval=settings.stock_update_interval_seconds,
     )
     metrics = Metrics() if settings.metrics_port else None
+    shared = settings.resolved_database_url().startswith("postgresql")
     desk = None
     if settings.allocation_batching:
         desk = GrantDesk(
             ctx,
             on_batch=metrics.observe_batch if metrics else None,
             # Other processes may write the same pools: nothing is refused from memory.
-            shared=settings.resolved_database_url().startswith("postgresql"),
+            shared=shared,
         )
+    watch = WatchTracker(timedelta(seconds=settings.watch_gap_seconds), clock)
+    # Other processes may serve the same viewers: share watching sessions through the store.
+    journal = WatchJournal(watch, store, clock) if shared else None
     # Pools whose state the ticker announces are re-read by the grab path.
     ticker = LifecycleTicker(ctx, on_change=desk.invalidate if desk else lambda _: None)
     servicer = Servicer(
@@ -131,9 +135,7 @@ async def start_server(
         heartbeat_seconds=settings.heartbeat_seconds,
         max_lag_events=settings.stream_max_lag_events,
         gate=AdmissionGate(settings.admission_limit),
-        eligibility=EligibilityDesk(
-            ctx, WatchTracker(timedelta(seconds=settings.watch_gap_seconds), clock)
-        ),
+        eligibility=EligibilityDesk(ctx, watch, journal),
         desk=desk,
         metrics=metrics,
     )
@@ -173,6 +175,8 @@ async def start_server(
     if desk is not None:
         running.writer = asyncio.create_task(desk.run(), name="grant-writer")
     running.tasks.append(asyncio.create_task(ticker.run(), name="lifecycle"))
+    if journal is not None:
+        running.tasks.append(asyncio.create_task(journal.run(), name="watch-journal"))
     retention = timedelta(seconds=settings.event_retention_seconds)
     running.tasks.append(asyncio.create_task(prune_forever(ctx, retention), name="prune"))
     log.info(

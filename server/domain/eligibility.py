@@ -62,6 +62,43 @@ class Missing:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchSession:
+    """A viewer's watching of a room as the processes serving them share it: started, last
+    seen, and until when an open stream vouches for it (a lease, renewed while it is open)."""
+
+    room_id: str
+    viewer_id: str
+    started_at: datetime
+    seen_at: datetime
+    live_until: datetime
+
+    def alive_at(self, at: datetime, gap: timedelta) -> bool:
+        """Whether the session still runs at `at`: a stream open, or gone for at most `gap`."""
+        return at <= self.live_until or at - self.seen_at <= gap
+
+    def watched(self, now: datetime, gap: timedelta) -> timedelta:
+        """How long the viewer has watched as of `now` (0 once the session ended)."""
+        if now <= self.live_until:
+            return now - self.started_at
+        if now - self.seen_at <= gap:
+            return self.seen_at - self.started_at
+        return timedelta(0)
+
+    def merged(self, newer: WatchSession, gap: timedelta) -> WatchSession:
+        """This session and a newer report of the same viewer: one session if this one was
+        still running when the newer started, else the newer alone."""
+        if not self.alive_at(newer.started_at, gap):
+            return newer
+        return WatchSession(
+            self.room_id,
+            self.viewer_id,
+            min(self.started_at, newer.started_at),
+            max(self.seen_at, newer.seen_at),
+            max(self.live_until, newer.live_until),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class PoolEligibility:
     """Whether a viewer may grab from a pool now, and what is missing."""
 

@@ -12,7 +12,7 @@ from server.domain import eligibility as rules
 from server.domain.eligibility import Eligibility, Missing, PoolEligibility
 from server.domain.models import AllocationResult, Outcome, Pool, Principal, Role
 from server.service.context import ServiceContext
-from server.service.watch import WatchTracker
+from server.service.watch import WatchJournal, WatchTracker
 from server.store.interface import IdempotencyKey
 
 _CACHE = 100_000
@@ -27,9 +27,13 @@ def _bounded_put(cache: dict[str, object], key: str, value: object) -> None:
 class EligibilityDesk:
     """Eligibility of viewers for pools, from their token's facts and their watch time."""
 
-    def __init__(self, ctx: ServiceContext, watch: WatchTracker) -> None:
+    def __init__(
+        self, ctx: ServiceContext, watch: WatchTracker, journal: WatchJournal | None = None
+    ) -> None:
         self._ctx = ctx
         self.watch = watch
+        self._journal = journal
+        """Set when other processes share the database: their viewers' sessions count too."""
         self._rules: dict[str, tuple[Eligibility, str] | None] = {}
         self._rooms: dict[str, tuple[str, frozenset[str]]] = {}
 
@@ -59,6 +63,12 @@ class EligibilityDesk:
     ) -> tuple[Missing, ...]:
         streamer_id, shops = await self._room(room_id)
         watched = self.watch.watched(room_id, principal.subject)
+        if (
+            self._journal is not None
+            and rule.min_watch_time is not None
+            and watched < rule.min_watch_time
+        ):
+            watched = max(watched, await self._journal.watched(room_id, principal.subject))
         return rules.missing(rule, principal.facts, streamer_id, shops, watched, self._ctx.clock())
 
     async def refusal(

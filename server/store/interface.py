@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from server.domain.eligibility import WatchSession
 from server.domain.models import Coupon, EventDraft, Pool, Redemption, Room, RoomEvent
 
 CommitListener = Callable[[str, int, bool], None]
@@ -110,6 +111,17 @@ class Transaction(Protocol):
 
     async def insert_redemption(self, redemption: Redemption, fingerprint: str) -> None: ...
     async def update_redemptions(self, changed: Sequence[Redemption]) -> None: ...
+
+    async def get_watch_sessions(
+        self, keys: Sequence[tuple[str, str]], *, for_update: bool = False
+    ) -> dict[tuple[str, str], WatchSession]:
+        """The stored watching sessions of these (room, viewer) pairs."""
+
+    async def put_watch_sessions(self, sessions: Sequence[WatchSession]) -> None:
+        """Insert or overwrite these watching sessions."""
+
+    async def prune_watch_sessions(self, older_than: datetime) -> int:
+        """Delete sessions neither seen nor vouched for since `older_than`; how many."""
 
     async def pool_stats(self, pool_id: str, now: datetime) -> dict[str, int]:
         """How many of the pool's coupons are, at `now`, in each state: held, locked,

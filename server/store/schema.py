@@ -171,3 +171,18 @@ idempotency = Table(
     Column("created_at_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("subject", "request_id", name="pk_idempotency"),
 )
+
+# Viewers' watching sessions, shared by server processes on one database (see
+# server/service/watch.py): when the session started, when it was last seen, and until when
+# an open stream vouches for it.
+watch_sessions = Table(
+    "watch_sessions",
+    metadata,
+    Column("room_id", String(64), nullable=False),
+    Column("viewer_id", String(64), nullable=False),
+    Column("started_at_us", BigInteger, nullable=False),
+    Column("seen_at_us", BigInteger, nullable=False),
+    Column("live_until_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("room_id", "viewer_id", name="pk_watch_sessions"),
+    Index("ix_watch_sessions_seen", "seen_at_us"),
+)

@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Select
 
+from server.domain.eligibility import WatchSession
 from server.domain.errors import Conflict, Unavailable
 from server.domain.models import (
     Coupon,
@@ -53,7 +54,15 @@ from server.store.interface import (
     StoredAnswer,
 )
 from server.store.migrate import upgrade_to_head
-from server.store.schema import coupons, idempotency, pools, redemptions, room_events, rooms
+from server.store.schema import (
+    coupons,
+    idempotency,
+    pools,
+    redemptions,
+    room_events,
+    rooms,
+    watch_sessions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -490,6 +499,63 @@ class SqlTransaction:
                 )
                 .values(**row)
             )
+
+    async def get_watch_sessions(
+        self, keys: Sequence[tuple[str, str]], *, for_update: bool = False
+    ) -> dict[tuple[str, str], WatchSession]:
+        by_room: dict[str, list[str]] = {}
+        for room_id, viewer_id in sorted(set(keys)):
+            by_room.setdefault(room_id, []).append(viewer_id)
+        found: dict[tuple[str, str], WatchSession] = {}
+        w = watch_sessions.c
+        for room_id, viewers in by_room.items():
+            for chunk in _chunks(viewers):
+                stmt = select(watch_sessions).where(w.room_id == room_id, w.viewer_id.in_(chunk))
+                if for_update:
+                    stmt = self._locked(stmt.order_by(w.viewer_id))
+                for r in (await self._conn.execute(stmt)).mappings():
+                    found[(r["room_id"], r["viewer_id"])] = WatchSession(
+                        r["room_id"],
+                        r["viewer_id"],
+                        codec.from_us(r["started_at_us"]),
+                        codec.from_us(r["seen_at_us"]),
+                        codec.from_us(r["live_until_us"]),
+                    )
+        return found
+
+    async def put_watch_sessions(self, sessions: Sequence[WatchSession]) -> None:
+        if not sessions:
+            return
+        rows = [
+            {
+                "room_id": x.room_id,
+                "viewer_id": x.viewer_id,
+                "started_at_us": codec.to_us(x.started_at),
+                "seen_at_us": codec.to_us(x.seen_at),
+                "live_until_us": codec.to_us(x.live_until),
+            }
+            for x in sessions
+        ]
+        # Delete then insert: the same statements on both backends (the caller holds the
+        # rows locked, or is SQLite's single writer).
+        w = watch_sessions.c
+        by_room: dict[str, list[str]] = {}
+        for x in sessions:
+            by_room.setdefault(x.room_id, []).append(x.viewer_id)
+        for room_id, viewers in by_room.items():
+            for chunk in _chunks(viewers):
+                await self._conn.execute(
+                    delete(watch_sessions).where(w.room_id == room_id, w.viewer_id.in_(chunk))
+                )
+        await self._conn.execute(insert(watch_sessions), rows)
+
+    async def prune_watch_sessions(self, older_than: datetime) -> int:
+        at = codec.to_us(older_than)
+        w = watch_sessions.c
+        result = await self._conn.execute(
+            delete(watch_sessions).where(w.seen_at_us < at, w.live_until_us < at)
+        )
+        return int(result.rowcount or 0)
 
     async def pool_stats(self, pool_id: str, now: datetime) -> dict[str, int]:
         at = codec.to_us(now)

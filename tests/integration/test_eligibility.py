@@ -19,6 +19,7 @@ from client_sdk import (
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from generated.liveresource.v1 import resources_pb2 as res
 from tests.conftest import ClientFactory, RoomFixture, RoomMaker, ServerHandle, launch
+from tests.pg import Databases
 from tests.support import TOKEN_KEY, duration, fixed_pool, new_request_id, room_message, unique
 
 DAY = 86400
@@ -224,3 +225,53 @@ async def test_watch_time_counts_from_the_subscription_with_short_gaps_tolerated
             second.pool_id: False,
         }
         assert gaps(await other.allocate(second.pool_id)) == [res.ELIGIBILITY_GAP_WATCH_TIME]
+
+
+# --- several processes on one PostgreSQL database share watch time ----------------------
+
+
+@pytest.fixture
+async def pg_pair(tmp_path: Path) -> AsyncIterator[tuple[ServerHandle, ServerHandle]]:
+    """Two servers on one PostgreSQL database, as two processes of one deployment."""
+    databases = Databases()
+    url = await databases.new_url()
+    first = await launch(tmp_path / "a", database_url=url, watch_gap_seconds=30.0)
+    second = await launch(tmp_path / "b", database_url=url, watch_gap_seconds=30.0)
+    yield first, second
+    for handle in (first, second):
+        await handle.running.stop(1.0)
+    await databases.drop_all()
+
+
+async def test_watch_time_follows_the_viewer_to_another_process(
+    pg_pair: tuple[ServerHandle, ServerHandle],
+    client_factory: Callable[..., AsyncLiveResourceClient],
+) -> None:
+    a, b = pg_pair
+    room_id, streamer_id = unique("room"), unique("streamer")
+    await client_factory("platform", "p", target=a.target).register_room(
+        room_message(room_id, streamer_id)
+    )
+    streamer = client_factory("streamer", streamer_id, target=a.target)
+    pool = (
+        await streamer.configure_resources(
+            room_id, create_pool=rule_pool(room_id, min_watch_time=60)
+        )
+    ).pool
+    subject = unique("fan")
+    on_a = client_factory("viewer", subject, target=a.target)
+    on_b = client_factory("viewer", subject, target=b.target)
+    async with on_a.subscribe(room_id) as sub:
+        await next_payload(sub, "snapshot")
+        for handle in (a, b):
+            handle.clock.advance(61)
+        # B never saw the viewer's stream: it learns the session from A's journal (new
+        # sessions within a second; should A have written it before the clocks moved, its
+        # lease looks lapsed until the next renewal, within 10 s).
+        for _ in range(150):
+            answer = await on_b.allocate(pool.pool_id)
+            if answer.outcome == svc.ALLOCATION_OUTCOME_GRANTED:
+                break
+            assert gaps(answer) == [res.ELIGIBILITY_GAP_WATCH_TIME]
+            await asyncio.sleep(0.1)
+        assert answer.outcome == svc.ALLOCATION_OUTCOME_GRANTED

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from server.domain.eligibility import Eligibility, Gap, ViewerFacts, missing
+from server.domain.eligibility import Eligibility, Gap, ViewerFacts, WatchSession, missing
 from server.service.watch import WatchTracker
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -83,3 +83,31 @@ def test_watch_sessions_survive_short_gaps_and_end_after_long_ones() -> None:
     clock.advance(1)
     assert watch.watched("room", "v") == timedelta(seconds=1)
     assert watch.watched("other-room", "v") == timedelta(0)
+
+
+def test_shared_sessions_merge_when_they_overlap() -> None:
+    gap = timedelta(seconds=30)
+    at = NOW
+    old = WatchSession("r", "v", at, at + timedelta(seconds=50), at + timedelta(seconds=50))
+    assert old.watched(at + timedelta(seconds=60), gap) == timedelta(seconds=50)
+    assert old.watched(at + timedelta(seconds=81), gap) == timedelta(0)
+    # A stream on another process from 70 s: within the gap, one session from `at`.
+    newer = WatchSession(
+        "r",
+        "v",
+        at + timedelta(seconds=70),
+        at + timedelta(seconds=90),
+        at + timedelta(seconds=110),
+    )
+    joined = old.merged(newer, gap)
+    assert joined.started_at == at and joined.live_until == newer.live_until
+    assert joined.watched(at + timedelta(seconds=100), gap) == timedelta(seconds=100)
+    # From 90 s on, the old session had ended: the newer one starts afresh.
+    later_one = WatchSession(
+        "r",
+        "v",
+        at + timedelta(seconds=90),
+        at + timedelta(seconds=90),
+        at + timedelta(seconds=120),
+    )
+    assert old.merged(later_one, gap) == later_one

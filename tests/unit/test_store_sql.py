@@ -19,6 +19,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
+from server.domain.eligibility import WatchSession
 from server.domain.errors import Conflict
 from server.domain.models import (
     CloseReason,
@@ -198,6 +199,7 @@ async def test_migrations_create_every_table(store: SqlStore) -> None:
     assert names == {
         "alembic_version",
         "rooms",
+        "watch_sessions",
         "pools",
         "coupons",
         "redemptions",
@@ -683,3 +685,23 @@ async def test_append_events_many_refuses_a_counter_moved_under_it(store: SqlSto
             await tx.append_events_many({"room-1": [EventDraft(EventKind.POOL_OPENED, pool)]}, NOW)
     async with store.transaction(write=False) as tx:
         assert await tx.events_after("room-1", 0, 10) == []
+
+
+async def test_watch_sessions_are_stored_overwritten_and_pruned(store: SqlStore) -> None:
+    one = WatchSession(
+        "room-1", "v-1", NOW, NOW + timedelta(seconds=5), NOW + timedelta(seconds=25)
+    )
+    two = WatchSession("room-1", "v-2", NOW, NOW, NOW)
+    async with store.transaction(write=True) as tx:
+        await tx.put_watch_sessions([one, two])
+    moved = replace(one, seen_at=NOW + timedelta(seconds=9))
+    async with store.transaction(write=True) as tx:
+        assert await tx.get_watch_sessions([("room-1", "v-1")], for_update=True) == {
+            ("room-1", "v-1"): one
+        }
+        await tx.put_watch_sessions([moved])
+    async with store.transaction(write=True) as tx:
+        found = await tx.get_watch_sessions([("room-1", "v-1"), ("room-1", "v-2"), ("r", "x")])
+        assert found == {("room-1", "v-1"): moved, ("room-1", "v-2"): two}
+        assert await tx.prune_watch_sessions(NOW + timedelta(seconds=1)) == 1
+        assert list(await tx.get_watch_sessions([("room-1", "v-2")])) == []
