@@ -113,7 +113,9 @@ class Servicer:
             raise
         with admitted:
             allocate.check_grab(principal, key, request.pool_id)
-            refused = await self.eligibility.refusal(principal, key, request.pool_id)
+            refused = None
+            if self.eligibility.may_restrict(request.pool_id):
+                refused = await self.eligibility.refusal(principal, key, request.pool_id)
             if refused is not None:
                 result = refused
             elif self.desk is not None:

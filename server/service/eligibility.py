@@ -71,6 +71,10 @@ class EligibilityDesk:
             watched = max(watched, await self._journal.watched(room_id, principal.subject))
         return rules.missing(rule, principal.facts, streamer_id, shops, watched, self._ctx.clock())
 
+    def may_restrict(self, pool_id: str) -> bool:
+        """False when the pool is known to let every viewer grab (the grab's fast path)."""
+        return pool_id not in self._rules or self._rules[pool_id] is not None
+
     async def refusal(
         self, principal: Principal, key: IdempotencyKey, pool_id: str
     ) -> AllocationResult | None:
