@@ -143,7 +143,11 @@ async def start_server(
     reuse = ("grpc.so_reuseport", int(settings.reuse_port))
     options = [reuse if name == reuse[0] else (name, v) for name, v in GRPC_OPTIONS]
     server = grpc.aio.server(options=options)
-    server.add_generic_rpc_handlers((servicer.handler(CallRunner(Authenticator(key), metrics)),))
+    handlers = servicer.method_handlers(CallRunner(Authenticator(key), metrics))
+    # Registered methods (as grpcio's own codegen does) skip the per-call generic-handler
+    # lookup; the generic handler stays for anything asking by name (as the codegen keeps it).
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

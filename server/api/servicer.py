@@ -277,8 +277,8 @@ class Servicer:
             self._encoded[key] = cached
         return cached
 
-    def handler(self, runner: CallRunner) -> grpc.GenericRpcHandler:
-        """The generic handler registering every RPC with never-failing deserializers."""
+    def method_handlers(self, runner: CallRunner) -> dict[str, grpc.RpcMethodHandler]:
+        """Every RPC's method handler, with never-failing deserializers, by method name."""
         unary: dict[str, tuple[UnaryBehavior, type[Message], Role]] = {
             "RegisterRoom": (self.register_room, svc.RegisterRoomRequest, Role.PLATFORM),
             "GetConfigurationOptions": (
@@ -321,4 +321,4 @@ class Servicer:
             # Events arrive already encoded (shared by all streams of a room).
             response_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
         )
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+        return handlers
