@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
+import hashlib
+import hmac
 import json
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,8 +59,10 @@ class Authenticator:
         self._key = key
         self._leeway = leeway_seconds
         self._cache_size = cache_size
-        self._verified: dict[str, tuple[Principal, float]] = {}
-        self._prepared_key = _HS256.prepare_key(key)
+        # OrderedDict: evicting the oldest of a plain dict (`next(iter(d))`) walks the holes
+        # earlier deletions left at its front, ~9 µs per insert at 100,000 entries.
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._mac = hmac.new(_HS256.prepare_key(key), digestmod=hashlib.sha256)
         self._headers: dict[str, bool] = {}
 
     def authenticate(self, metadata: Sequence[tuple[str, Any]] | None) -> Principal:
@@ -83,14 +89,14 @@ class Authenticator:
             del self._verified[token]
         principal, expires = self._verify(token)
         if len(self._verified) >= self._cache_size:
-            del self._verified[next(iter(self._verified))]
+            self._verified.popitem(last=False)
         self._verified[token] = (principal, expires)
         return principal
 
     def _verify(self, token: str) -> tuple[Principal, float]:
-        """Check an HS256 JWT: header, signature (pyjwt's HMAC with the key prepared once),
+        """Check an HS256 JWT: header, signature (HMAC-SHA256 from a copy of a MAC keyed once),
         then the claims. Lean on purpose: pyjwt's decode re-validates the key on every call,
-        which cost more than the rest of a refused grab."""
+        and each first-seen token (every viewer's first grab) pays this."""
         parts = token.split(".")
         if len(parts) != 3:
             raise _invalid()
@@ -103,16 +109,24 @@ class Authenticator:
         if not acceptable:
             raise _invalid()
         try:
-            signature = base64url_decode(signature_b64)
-            claims = json.loads(base64url_decode(payload_b64))
+            signature = _b64url(signature_b64)
+            payload = _b64url(payload_b64)
+            mac = self._mac.copy()
+            mac.update(f"{header_b64}.{payload_b64}".encode())
+            if not hmac.compare_digest(mac.digest(), signature):
+                raise _invalid()
+            claims = _JSON.decode(payload.decode())
         except (ValueError, TypeError, binascii.Error):
             raise _invalid() from None
-        signed = f"{header_b64}.{payload_b64}".encode()
-        if not _HS256.verify(signed, self._prepared_key, signature):
-            raise _invalid()
         return _principal_of(claims, self._leeway)
 
 
+def _b64url(text: str) -> bytes:
+    """Unpadded base64url (RFC 7515) to bytes; ValueError/binascii.Error when invalid."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+_JSON = json.JSONDecoder()
 _HS256 = HMACAlgorithm(HMACAlgorithm.SHA256)
 
 
@@ -121,6 +135,7 @@ def _invalid() -> Unauthenticated:
     return Unauthenticated("the token is not valid", reason="INVALID_TOKEN")
 
 
+_ROLES: dict[str, Role] = {role.value: role for role in Role}
 _HEADER_CACHE = 64  # tokens of one issuer share their header
 
 
@@ -157,10 +172,10 @@ def _principal_of(claims: Any, leeway: float) -> tuple[Principal, float]:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not 1 <= len(subject) <= 64:
         raise Unauthenticated("the token's subject is not valid", reason="INVALID_TOKEN")
-    try:
-        role = Role(claims.get("role", ""))
-    except ValueError:
-        raise Unauthenticated("the token has no known role", reason="INVALID_TOKEN") from None
+    role_name = claims.get("role", "")
+    role = _ROLES.get(role_name) if isinstance(role_name, str) else None
+    if role is None:
+        raise Unauthenticated("the token has no known role", reason="INVALID_TOKEN")
     return Principal(subject=subject, role=role, facts=_facts_of(claims)), exp
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
@@ -43,7 +44,7 @@ class Servicer:
     desk: GrantDesk | None = None
     """The batched grab path; None means one transaction per grab."""
     metrics: Metrics | None = None
-    _encoded: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    _encoded: OrderedDict[tuple[str, int], bytes] = field(default_factory=OrderedDict)
 
     def pool_changed(self, pool_id: str) -> None:
         """A pool's configuration or announced state changed in the store."""
@@ -273,7 +274,7 @@ class Servicer:
         if cached is None:
             cached = convert.subscription_out(event).SerializeToString()
             if len(self._encoded) >= _ENCODED_EVENTS:
-                del self._encoded[next(iter(self._encoded))]
+                self._encoded.popitem(last=False)
             self._encoded[key] = cached
         return cached
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -113,7 +113,8 @@ class GrantDesk:
         self._queue: deque[_Grab] = deque()
         self._wake = asyncio.Event()
         self._inflight: dict[Key, _Grab] = {}
-        self._recent: dict[Key, tuple[str, AllocationResult]] = {}
+        # Oldest first; an OrderedDict evicts in O(1) (a dict's `next(iter())` does not).
+        self._recent: OrderedDict[Key, tuple[str, AllocationResult]] = OrderedDict()
         self._views: dict[str, PoolView] = {}
         self._loading: dict[str, asyncio.Future[PoolView | None]] = {}
         # Bumped by invalidate(): a batch that started before a configuration change must
@@ -173,7 +174,7 @@ class GrantDesk:
 
     def _remember(self, k: Key, fingerprint: str, result: AllocationResult) -> None:
         if len(self._recent) >= self._recent_capacity:
-            del self._recent[next(iter(self._recent))]
+            self._recent.popitem(last=False)
         self._recent[k] = (fingerprint, result)
 
     async def _view(self, pool_id: str) -> PoolView | None:
