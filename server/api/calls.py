@@ -23,9 +23,28 @@ from server.service.shielding import finish_even_if_cancelled
 
 log = logging.getLogger("liveresource.calls")
 
-UnaryBehavior = Callable[[Principal, Any], Coroutine[Any, Any, tuple[Message, str]]]
-"""Returns the response and a short note for the call's log line."""
+UnaryBehavior = Callable[[Principal, Any], Coroutine[Any, Any, tuple[Message | bytes, object]]]
+"""Returns the response (or its wire bytes) and a short note for the call's log line (any
+object; formatted with %s only when the line is logged, see `Note`)."""
 StreamBehavior = Callable[[Principal, Any], AsyncGenerator[Message | bytes, None]]
+
+
+class Note:
+    """A log note formatted only if the call's line is logged (most calls log nothing)."""
+
+    __slots__ = ("_args", "_fmt")
+
+    def __init__(self, fmt: str, *args: object) -> None:
+        self._fmt = fmt
+        self._args = args
+
+    def __str__(self) -> str:
+        return self._fmt % self._args
+
+
+def encoded(message: Message | bytes) -> bytes:
+    """The response serializer: wire bytes pass through, messages are serialised."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 class Undecodable:
@@ -81,12 +100,12 @@ class CallRunner:
         *,
         roles: tuple[Role, ...] = (),
         shielded: bool = True,
-    ) -> Callable[..., Awaitable[Message]]:
+    ) -> Callable[..., Awaitable[Message | bytes]]:
         """Wrap a unary behaviour. `roles`: who may call it (empty: anyone authenticated).
         `shielded`: its store work finishes even if the caller leaves (off only for
         behaviours that shield their own store work)."""
 
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Message:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Message | bytes:
             started = time.perf_counter()
             who: Principal | None = None
             failure: RpcFailure | None = None
@@ -144,7 +163,7 @@ class CallRunner:
         return handle
 
     def _log(
-        self, method: str, who: Principal | None, code: str, started: float, note: str
+        self, method: str, who: Principal | None, code: str, started: float, note: object
     ) -> None:
         elapsed = time.perf_counter() - started
         if self._metrics is not None:

@@ -433,6 +433,38 @@ def allocation_out(a: m.AllocationResult) -> svc.AllocateResponse:
     return out
 
 
+_SERVER_TIME_TAG = b"\x2a"  # AllocateResponse.server_time: field 5, length-delimited
+_REFUSAL_PREFIXES = 1024
+
+
+class AllocationEncoder:
+    """Wire bytes of Allocate answers. A refusal (no coupon) is the same message for every
+    caller of a pool state but for `server_time`, its last field: everything before it is
+    encoded once per (outcome, remaining, claim start) and the time appended, giving the
+    bytes `allocation_out(a).SerializeToString()` gives."""
+
+    def __init__(self) -> None:
+        self._prefixes: dict[tuple[m.Outcome, int, datetime | None], bytes] = {}
+
+    def encode(self, a: m.AllocationResult) -> bytes:
+        if a.coupon is not None:
+            return allocation_out(a).SerializeToString()
+        key = (a.outcome, a.remaining_quantity, a.claim_start)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            head = svc.AllocateResponse(
+                outcome=_OUTCOME[a.outcome], remaining_quantity=a.remaining_quantity
+            )
+            if a.claim_start is not None:
+                head.claim_start_time.CopyFrom(ts(a.claim_start))
+            prefix = head.SerializeToString()
+            if len(self._prefixes) >= _REFUSAL_PREFIXES:
+                self._prefixes.clear()
+            self._prefixes[key] = prefix
+        stamp = ts(a.server_time).SerializeToString()
+        return b"".join((prefix, _SERVER_TIME_TAG, len(stamp).to_bytes(1, "little"), stamp))
+
+
 def _range(bounds: tuple[int, int]) -> res.Int64Range:
     return res.Int64Range(min=bounds[0], max=bounds[1])
 

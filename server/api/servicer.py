@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from server.api import convert
-from server.api.calls import CallRunner, UnaryBehavior, safe_deserializer
+from server.api.calls import CallRunner, Note, UnaryBehavior, encoded, safe_deserializer
 from server.domain.errors import Overloaded
 from server.domain.models import Principal, Role, RoomEvent
 from server.metrics import Metrics
@@ -44,6 +44,7 @@ class Servicer:
     desk: GrantDesk | None = None
     """The batched grab path; None means one transaction per grab."""
     metrics: Metrics | None = None
+    _answers: convert.AllocationEncoder = field(default_factory=convert.AllocationEncoder)
     _encoded: OrderedDict[tuple[str, int], bytes] = field(default_factory=OrderedDict)
 
     def pool_changed(self, pool_id: str) -> None:
@@ -103,7 +104,7 @@ class Servicer:
 
     async def allocate(
         self, principal: Principal, request: svc.AllocateRequest
-    ) -> tuple[svc.AllocateResponse, str]:
+    ) -> tuple[bytes, Note]:
         # The pool is Allocate's only parameter besides request_id: it is the fingerprint.
         key = IdempotencyKey(principal.subject, request.request_id, "Allocate", request.pool_id)
         try:
@@ -125,7 +126,9 @@ class Servicer:
                 result = await allocate.allocate(self.ctx, principal, key, request.pool_id)
         if self.metrics is not None:
             self.metrics.observe_outcome(result.outcome.value)
-        return convert.allocation_out(result), f"pool={request.pool_id} outcome={result.outcome}"
+        # Wire bytes: a refusal is encoded once per pool state (only server_time differs).
+        note = Note("pool=%s outcome=%s", request.pool_id, result.outcome)
+        return self._answers.encode(result), note
 
     async def list_coupons(
         self, principal: Principal, request: svc.ListCouponsRequest
@@ -312,7 +315,7 @@ class Servicer:
             name: grpc.unary_unary_rpc_method_handler(
                 runner.unary(name, behavior, roles=(role,), shielded=name not in own_shield),
                 request_deserializer=safe_deserializer(request_type),
-                response_serializer=lambda m: m.SerializeToString(),
+                response_serializer=encoded,
             )
             for name, (behavior, request_type, role) in unary.items()
         }
@@ -320,6 +323,6 @@ class Servicer:
             runner.stream("StreamAllocationInfo", self.stream_allocation_info),
             request_deserializer=safe_deserializer(svc.StreamAllocationInfoRequest),
             # Events arrive already encoded (shared by all streams of a room).
-            response_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
+            response_serializer=encoded,
         )
         return handlers
