@@ -438,16 +438,16 @@ _REFUSAL_PREFIXES = 1024
 
 
 class AllocationEncoder:
-    """Wire bytes of Allocate answers. A refusal (no coupon) is the same message for every
-    caller of a pool state but for `server_time`, its last field: everything before it is
-    encoded once per (outcome, remaining, claim start) and the time appended, giving the
-    bytes `allocation_out(a).SerializeToString()` gives."""
+    """Wire bytes of Allocate answers. A refusal (no coupon, nothing missing) is the same
+    message for every caller of a pool state but for `server_time`, its last field:
+    everything before it is encoded once per (outcome, remaining, claim start) and the time
+    appended, giving the bytes `allocation_out(a).SerializeToString()` gives."""
 
     def __init__(self) -> None:
         self._prefixes: dict[tuple[m.Outcome, int, datetime | None], bytes] = {}
 
     def encode(self, a: m.AllocationResult) -> bytes:
-        if a.coupon is not None:
+        if a.coupon is not None or a.missing:  # per viewer: encoded in full
             return allocation_out(a).SerializeToString()
         key = (a.outcome, a.remaining_quantity, a.claim_start)
         prefix = self._prefixes.get(key)

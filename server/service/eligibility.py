@@ -6,7 +6,9 @@ are read from the store once and kept (bounded); a pool without a rule costs a d
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Any
 
 from server.domain import eligibility as rules
 from server.domain.eligibility import Eligibility, Missing, PoolEligibility
@@ -18,9 +20,10 @@ from server.store.interface import IdempotencyKey
 _CACHE = 100_000
 
 
-def _bounded_put(cache: dict[str, object], key: str, value: object) -> None:
+def _bounded_put(cache: OrderedDict[str, Any], key: str, value: object) -> None:
+    # OrderedDict evicts in O(1); a dict's next(iter()) walks the holes evictions leave.
     if len(cache) >= _CACHE:
-        del cache[next(iter(cache))]
+        cache.popitem(last=False)
     cache[key] = value
 
 
@@ -34,8 +37,8 @@ class EligibilityDesk:
         self.watch = watch
         self._journal = journal
         """Set when other processes share the database: their viewers' sessions count too."""
-        self._rules: dict[str, tuple[Eligibility, str] | None] = {}
-        self._rooms: dict[str, tuple[str, frozenset[str]]] = {}
+        self._rules: OrderedDict[str, tuple[Eligibility, str] | None] = OrderedDict()
+        self._rooms: OrderedDict[str, tuple[str, frozenset[str]]] = OrderedDict()
 
     async def _rule(self, pool_id: str) -> tuple[Eligibility, str] | None:
         if pool_id in self._rules:
@@ -45,7 +48,7 @@ class EligibilityDesk:
         if pool is None:
             return None  # not cached: Allocate answers NOT_FOUND, and it may be created later
         found = (pool.eligibility, pool.room_id) if pool.eligibility.restricts else None
-        _bounded_put(self._rules, pool_id, found)  # type: ignore[arg-type]
+        _bounded_put(self._rules, pool_id, found)
         return found
 
     async def _room(self, room_id: str) -> tuple[str, frozenset[str]]:
@@ -55,7 +58,7 @@ class EligibilityDesk:
                 room = await tx.get_room(room_id)
             assert room is not None, "a pool's room is never deleted"
             known = (room.streamer_id, frozenset(s.shop_id for s in room.linked_shops))
-            _bounded_put(self._rooms, room_id, known)  # type: ignore[arg-type]
+            _bounded_put(self._rooms, room_id, known)
         return known
 
     async def _missing(

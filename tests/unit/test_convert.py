@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
+from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from server.api.convert import AllocationEncoder, allocation_out, ts
+from server.domain.eligibility import Gap, Missing
 from server.domain.models import AllocationResult, Outcome
 
 
@@ -38,3 +40,13 @@ def test_encoded_refusal_matches_serialized_response(
     for now in times:  # the second and later answers come from the cached prefix
         result = AllocationResult(outcome, remaining, now, claim_start)
         assert encoder.encode(result) == allocation_out(result).SerializeToString()
+
+
+def test_a_not_eligible_answer_keeps_what_is_missing() -> None:
+    encoder = AllocationEncoder()
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    missing = (Missing(Gap.WATCH_TIME, "watch 5 more seconds", timedelta(seconds=5)),)
+    result = AllocationResult(Outcome.NOT_ELIGIBLE, 0, now, missing=missing)
+    wire = encoder.encode(result)
+    assert wire == allocation_out(result).SerializeToString()
+    assert svc.AllocateResponse.FromString(wire).missing[0].description == "watch 5 more seconds"
