@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from server.api import convert
 from server.api.calls import CallRunner, Note, UnaryBehavior, encoded, safe_deserializer
 from server.domain.errors import Overloaded
-from server.domain.models import Principal, Role, RoomEvent
+from server.domain.models import Principal, Role, RoomEvent, SubscriptionItem
 from server.metrics import Metrics
 from server.service import allocate, checkout, configure, coupons, reports, rooms, subscribe
 from server.service.admission import AdmissionGate
@@ -248,12 +247,12 @@ class Servicer:
             f"pool={request.pool_id} remaining={stats.remaining_quantity}",
         )
 
-    async def stream_allocation_info(
+    def stream_allocation_info(
         self,
         principal: Principal,
         request: svc.StreamAllocationInfoRequest,
     ) -> AsyncGenerator[svc.StreamAllocationInfoResponse | bytes, None]:
-        subscription = subscribe.subscribe(
+        return subscribe.subscribe(
             self.ctx,
             self.feeds,
             principal,
@@ -262,13 +261,13 @@ class Servicer:
             self.heartbeat_seconds,
             self.max_lag_events,
             self.eligibility,
+            render=self._render,
         )
-        async with contextlib.aclosing(subscription) as items:
-            async for item in items:
-                if isinstance(item, RoomEvent):
-                    yield self.encoded_event(item)
-                else:
-                    yield convert.subscription_out(item)
+
+    def _render(self, item: SubscriptionItem) -> svc.StreamAllocationInfoResponse | bytes:
+        if isinstance(item, RoomEvent):
+            return self.encoded_event(item)
+        return convert.subscription_out(item)
 
     def encoded_event(self, event: RoomEvent) -> bytes:
         """The wire bytes of a room event, encoded once for every stream of the room."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from server.domain.models import (
@@ -26,6 +27,8 @@ from server.service.eligibility import EligibilityDesk
 from server.service.shielding import finish_even_if_cancelled
 from server.store.interface import EventBounds
 from server.streaming.feed import FeedRegistry, RoomFeed
+
+Out = TypeVar("Out")
 
 
 async def _read_snapshot(
@@ -101,13 +104,18 @@ async def subscribe(
     heartbeat_seconds: float,
     max_lag_events: int = 2048,
     eligibility: EligibilityDesk | None = None,
-) -> AsyncGenerator[SubscriptionItem, None]:
+    *,
+    render: Callable[[SubscriptionItem], Out],
+) -> AsyncGenerator[Out, None]:
     """Yield the room's allocation info: a snapshot or the missed events, then live events.
 
     Any authenticated caller may subscribe. Sequence numbers delivered only grow; the numbers
     skipped are stock changes superseded by a later one of the same pool (coalescing), never
     lifecycle events. A stream that, once caught up, falls more than `max_lag_events` behind
     the published events is sent a LAGGING snapshot instead of the backlog.
+
+    Every item is yielded as `render(item)` (the API layer's wire message): the stream is
+    this one generator, not one per layer.
     """
     # Rooms are public to every authenticated caller.
     out: list[FieldViolation] = []
@@ -133,11 +141,11 @@ async def subscribe(
         if resume_after == 0 or resume_after > bounds.last:
             reason = SnapshotReason.INITIAL if resume_after == 0 else SnapshotReason.RESUME_UNKNOWN
             snap = await viewer.snapshot(await _snapshot(ctx, feed, reason))
-            yield snap
+            yield render(snap)
             cursor = snap.snapshot.sequence
         elif resume_after < bounds.first_retained - 1:
             snap = await viewer.snapshot(await _snapshot(ctx, feed, SnapshotReason.RESUME_TOO_OLD))
-            yield snap
+            yield render(snap)
             cursor = snap.snapshot.sequence
         else:
             cursor = resume_after
@@ -147,7 +155,7 @@ async def subscribe(
         while not feeds.closed:
             if live and feed.behind(cursor, max_lag_events):
                 snap = await viewer.snapshot(await _snapshot(ctx, feed, SnapshotReason.LAGGING))
-                yield snap
+                yield render(snap)
                 cursor = snap.snapshot.sequence
                 continue
             # Taken before the read: events published by then must be readable, so an empty
@@ -159,23 +167,23 @@ async def subscribe(
                 for event in events:
                     if live and feed.behind(cursor, max_lag_events):
                         break
-                    yield event
+                    yield render(event)
                     cursor = event.sequence
                     update = await viewer.after(event, ctx)
                     if update is not None:
-                        yield update
+                        yield render(update)
                 continue
             if published > cursor:
                 # Committed events we cannot read were pruned while we lagged: resync.
                 snap = await viewer.snapshot(
                     await _snapshot(ctx, feed, SnapshotReason.RESUME_TOO_OLD)
                 )
-                yield snap
+                yield render(snap)
                 cursor = snap.snapshot.sequence
                 continue
             live = True
             if not await feed.wait_past(cursor, heartbeat_seconds) and not feeds.closed:
-                yield Heartbeat(ctx.clock(), cursor)
+                yield render(Heartbeat(ctx.clock(), cursor))
     finally:
         viewer.left()
         feeds.leave(feed)

@@ -9,7 +9,6 @@ room and cursor, not once per subscriber."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -46,6 +45,11 @@ def coalesce(events: list[RoomEvent]) -> list[RoomEvent]:
     ]
 
 
+def _timed_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class RoomFeed:
     """Recent events of one room. Runs on the event loop; no locking beyond _fill_lock."""
 
@@ -66,7 +70,10 @@ class RoomFeed:
         self._ring: deque[RoomEvent] = deque(maxlen=capacity)
         # Guards filling the ring, so concurrent subscribers trigger one store read.
         self._fill_lock = asyncio.Lock()
-        self._changed = asyncio.Event()
+        # One future per waiting stream, woken by the next publish or its own timeout: no
+        # task per wait (asyncio.wait_for made one per stream per wait, plus its timer).
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._closed = False
         self._stock_interval = stock_interval
         self._last_publish = -stock_interval
         self._timer: asyncio.TimerHandle | None = None
@@ -118,21 +125,34 @@ class RoomFeed:
         if self.known_last > self.published:
             self.published = self.known_last
             self._batches.clear()
-            self._changed.set()
-            self._changed = asyncio.Event()
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait_past(self, cursor: int, seconds: float) -> bool:
         """Wait up to `seconds` for an event after `cursor` to be published."""
         if self.published > cursor:
             return True
+        if self._closed:
+            return False
         self._idle += 1
         try:
             if self._stock_pending and self._timer is None and self._drained():
                 self._publish()  # the last stream to finish writing releases the next tick
                 return True
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), seconds)
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(waiter)
+            timer = loop.call_later(seconds, _timed_out, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiters.discard(waiter)
             return self.published > cursor
         finally:
             self._idle -= 1
@@ -233,7 +253,8 @@ class RoomFeed:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._changed.set()
+        self._closed = True
+        self._wake_all()
 
 
 class FeedRegistry:
