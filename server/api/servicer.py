@@ -13,7 +13,13 @@ from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from server.api import convert
 from server.api.calls import CallRunner, Note, UnaryBehavior, encoded, safe_deserializer
 from server.domain.errors import Overloaded
-from server.domain.models import Principal, Role, RoomEvent, SubscriptionItem
+from server.domain.models import (
+    Principal,
+    Role,
+    RoomEvent,
+    SnapshotMessage,
+    SubscriptionItem,
+)
 from server.metrics import Metrics
 from server.service import allocate, checkout, configure, coupons, reports, rooms, subscribe
 from server.service.admission import AdmissionGate
@@ -43,6 +49,7 @@ class Servicer:
     desk: GrantDesk | None = None
     """The batched grab path; None means one transaction per grab."""
     metrics: Metrics | None = None
+    _snapshots: convert.SnapshotEncoder = field(default_factory=convert.SnapshotEncoder)
     _answers: convert.AllocationEncoder = field(default_factory=convert.AllocationEncoder)
     _encoded: OrderedDict[tuple[str, int], bytes] = field(default_factory=OrderedDict)
 
@@ -267,6 +274,8 @@ class Servicer:
     def _render(self, item: SubscriptionItem) -> svc.StreamAllocationInfoResponse | bytes:
         if isinstance(item, RoomEvent):
             return self.encoded_event(item)
+        if isinstance(item, SnapshotMessage):
+            return self._snapshots.encode(item)
         return convert.subscription_out(item)
 
     def encoded_event(self, event: RoomEvent) -> bytes:

@@ -9,9 +9,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
-from server.api.convert import AllocationEncoder, allocation_out, ts
-from server.domain.eligibility import Gap, Missing
-from server.domain.models import AllocationResult, Outcome
+from server.api.convert import (
+    AllocationEncoder,
+    SnapshotEncoder,
+    allocation_out,
+    subscription_out,
+    ts,
+)
+from server.domain.eligibility import Gap, Missing, PoolEligibility
+from server.domain.models import (
+    AllocationResult,
+    CouponKind,
+    CouponTerms,
+    Outcome,
+    Pool,
+    PoolState,
+    RoomSnapshot,
+    SnapshotMessage,
+    SnapshotReason,
+    Target,
+    Validity,
+)
 
 
 @given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)))
@@ -50,3 +68,58 @@ def test_a_not_eligible_answer_keeps_what_is_missing() -> None:
     wire = encoder.encode(result)
     assert wire == allocation_out(result).SerializeToString()
     assert svc.AllocateResponse.FromString(wire).missing[0].description == "watch 5 more seconds"
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=10), max_size=3),
+    st.integers(min_value=0, max_value=2**62),
+    st.sampled_from(list(SnapshotReason)),
+    st.lists(_TIMES, min_size=1, max_size=3),
+)
+def test_encoded_snapshot_matches_serialized_response(
+    remaining: list[int], sequence: int, reason: SnapshotReason, times: list[datetime]
+) -> None:
+    start = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+    pools = tuple(
+        _pool(f"pool-{i}", left, start) for i, left in enumerate(remaining)
+    )  # open, sold out, scheduled or closed depending on the time
+    encoder = SnapshotEncoder()
+    for now in times:  # later snapshots of the same state reuse the cached parts
+        item = SnapshotMessage(RoomSnapshot("room-1", pools, sequence, now), reason)
+        assert encoder.encode(item) == subscription_out(item).SerializeToString()
+
+
+def _pool(pool_id: str, remaining: int, start: datetime) -> Pool:
+    return Pool(
+        pool_id=pool_id,
+        room_id="room-1",
+        title="Flash sale",
+        terms=CouponTerms(CouponKind.PERCENT_OFF, percent_off=10, max_discount_minor=500),
+        target=Target(goods_ids=("tea",), shop_ids=("shop-a",)),
+        total_quantity=10,
+        remaining_quantity=remaining,
+        granted_quantity=10 - remaining,
+        withdrawn_quantity=0,
+        per_viewer_limit=1,
+        claim_start=start,
+        claim_end=start + timedelta(hours=1),
+        validity=Validity(valid_for=timedelta(hours=24)),
+        currency_code="CNY",
+        version=3,
+        created_at=start - timedelta(hours=1),
+        updated_at=start - timedelta(hours=1),
+        announced_state=PoolState.OPEN,
+    )
+
+
+def test_a_snapshot_with_the_viewers_eligibility_is_encoded_in_full() -> None:
+    start = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+    pool = _pool("pool-1", 3, start)
+    gap = Missing(Gap.WATCH_TIME, "watch 9 more seconds", timedelta(seconds=9))
+    encoder = SnapshotEncoder()
+    shared = SnapshotMessage(RoomSnapshot("room-1", (pool,), 7, start), SnapshotReason.INITIAL)
+    mine = SnapshotMessage(shared.snapshot, shared.reason, (PoolEligibility("pool-1", (gap,)),))
+    for item in (shared, mine, shared):
+        assert encoder.encode(item) == subscription_out(item).SerializeToString()
+    decoded = svc.StreamAllocationInfoResponse.FromString(encoder.encode(mine))
+    assert decoded.snapshot.viewer_eligibility[0].missing[0].description == "watch 9 more seconds"
