@@ -175,7 +175,11 @@ async def start_server(
     )
     if metrics is not None:
         metrics.track_open_streams(feeds.open_streams)
-        running.metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+        try:
+            running.metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+        except OSError:
+            await running.stop(0)  # the port is taken: leave nothing running behind
+            raise
     if desk is not None:
         running.writer = asyncio.create_task(desk.run(), name="grant-writer")
     running.tasks.append(asyncio.create_task(ticker.run(), name="lifecycle"))

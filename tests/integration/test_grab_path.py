@@ -292,12 +292,22 @@ async def test_metrics_endpoint_shows_calls_outcomes_batches_and_streams(
 ) -> None:
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    handle = await launch(
-        tmp_path, database_url=database_url, metrics_port=port, metrics_host="127.0.0.1"
-    )
+    # A free port may be taken again before the server binds it: try another one then.
+    for attempt in range(5):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            handle = await launch(
+                tmp_path / str(attempt),
+                database_url=database_url,
+                metrics_port=port,
+                metrics_host="127.0.0.1",
+            )
+            break
+        except OSError:
+            if attempt == 4:
+                raise
     try:
         pool_id = await open_room(handle, client_factory, total=5)
         viewer = client_factory("viewer", "metered", target=handle.target)
