@@ -10,6 +10,7 @@ import grpc
 from google.protobuf.message import Message
 
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
+from generated.liveresource.v1 import resources_pb2 as res
 from server.api import convert
 from server.api.calls import CallRunner, Note, UnaryBehavior, encoded, safe_deserializer
 from server.domain.errors import Overloaded
@@ -153,27 +154,23 @@ class Servicer:
     async def redeem_coupon(
         self, principal: Principal, request: svc.RedeemCouponRequest
     ) -> tuple[svc.RedeemCouponResponse, str]:
-        redemption = await checkout.lock(
-            self.ctx,
-            principal,
-            request.order_id,
-            request.coupon_code,
-            request.viewer_id,
-            request.currency_code,
-            convert.order_lines_in(list(request.lines)),
-            convert.fingerprint(request),
-            one_step=True,
-        )
-        return (
-            svc.RedeemCouponResponse(
-                redemption=convert.redemption_out(redemption, self.ctx.clock())
-            ),
-            f"order={request.order_id} discount={redemption.discount_minor}",
-        )
+        redemption, note = await self._lock(principal, request, one_step=True)
+        return svc.RedeemCouponResponse(redemption=redemption), note
 
     async def lock_coupon(
         self, principal: Principal, request: svc.LockCouponRequest
     ) -> tuple[svc.LockCouponResponse, str]:
+        redemption, note = await self._lock(principal, request, one_step=False)
+        return svc.LockCouponResponse(redemption=redemption), note
+
+    async def _lock(
+        self,
+        principal: Principal,
+        request: svc.RedeemCouponRequest | svc.LockCouponRequest,
+        *,
+        one_step: bool,
+    ) -> tuple[res.Redemption, str]:
+        """RedeemCoupon and LockCoupon: the same request fields, one step or two."""
         redemption = await checkout.lock(
             self.ctx,
             principal,
@@ -183,11 +180,10 @@ class Servicer:
             request.currency_code,
             convert.order_lines_in(list(request.lines)),
             convert.fingerprint(request),
+            one_step=one_step,
         )
-        return (
-            svc.LockCouponResponse(redemption=convert.redemption_out(redemption, self.ctx.clock())),
-            f"order={request.order_id} discount={redemption.discount_minor}",
-        )
+        note = f"order={request.order_id} discount={redemption.discount_minor}"
+        return convert.redemption_out(redemption, self.ctx.clock()), note
 
     async def confirm_coupons(
         self, principal: Principal, request: svc.ConfirmCouponsRequest

@@ -305,6 +305,26 @@ def update_window(
                     f"{prefix}.claim_start_time", "cannot change once the pool has opened"
                 )
             )
+    end = _window_end(pool, new_start, end, limits, now, prefix, out)
+    require(out)
+    changed = pool.with_changes(
+        claim_start=new_start, claim_end=end, version=pool.version + 1, updated_at=now
+    )
+    return _announce_change(changed, now)
+
+
+def _window_end(
+    pool: Pool,
+    start: datetime,
+    end: datetime | None,
+    limits: Limits,
+    now: datetime,
+    prefix: str,
+    out: list[FieldViolation],
+) -> datetime | None:
+    """The end of a window starting at `start`: the pool's claim_duration sets it (then
+    `end` must be unset), else the `end` asked for, checked against the limits and against
+    an absolute coupon validity."""
     if pool.claim_duration is not None:
         if end is not None:
             out.append(
@@ -313,18 +333,14 @@ def update_window(
                     "must be unset: the pool's claim_duration sets its end",
                 )
             )
-        end = new_start + pool.claim_duration
+        end = start + pool.claim_duration
     else:
-        _check_window(new_start, end, limits, now, prefix, out)
+        _check_window(start, end, limits, now, prefix, out)
     if pool.validity.valid_until is not None:
         _check_valid_until(
             pool.validity.valid_until, end, limits, now, f"{prefix}.claim_end_time", out
         )
-    require(out)
-    changed = pool.with_changes(
-        claim_start=new_start, claim_end=end, version=pool.version + 1, updated_at=now
-    )
-    return _announce_change(changed, now)
+    return end
 
 
 def stop(pool: Pool, expected_version: int, now: datetime) -> tuple[Pool, list[EventDraft]]:
@@ -399,21 +415,7 @@ def resend(
             [PreconditionViolation("NOTHING_TO_RESEND", subject, "no stock was withdrawn")]
         )
     out: list[FieldViolation] = []
-    if pool.claim_duration is not None:
-        if end is not None:
-            out.append(
-                FieldViolation(
-                    f"{prefix}.claim_end_time",
-                    "must be unset: the pool's claim_duration sets its end",
-                )
-            )
-        end = now + pool.claim_duration
-    else:
-        _check_window(now, end, limits, now, prefix, out)
-    if pool.validity.valid_until is not None:
-        _check_valid_until(
-            pool.validity.valid_until, end, limits, now, f"{prefix}.claim_end_time", out
-        )
+    end = _window_end(pool, now, end, limits, now, prefix, out)
     require(out)
     back = pool.withdrawn_quantity
     reopened = pool.with_changes(
