@@ -131,6 +131,15 @@ async def server(
     await handle.running.stop(1.0)
 
 
+@pytest.fixture
+async def clock_server(tmp_path: Path, database_url: str) -> AsyncIterator[ServerHandle]:
+    """A server of its own (default settings, watch gap 30 s), so moving its clock affects
+    no other test."""
+    handle = await launch(tmp_path, database_url=database_url)
+    yield handle
+    await handle.running.stop(1.0)
+
+
 ClientFactory = Callable[..., AsyncLiveResourceClient]
 
 

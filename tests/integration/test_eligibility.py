@@ -143,13 +143,6 @@ async def test_a_malformed_follows_claim_is_unauthenticated(
 # --- watch time: a server of its own, whose clock moves ---------------------------------
 
 
-@pytest.fixture
-async def clock_server(tmp_path: Path, database_url: str) -> AsyncIterator[ServerHandle]:
-    handle = await launch(tmp_path, database_url=database_url, watch_gap_seconds=30.0)
-    yield handle
-    await handle.running.stop(1.0)
-
-
 async def next_payload(sub: RoomSubscription, kind: str) -> svc.StreamAllocationInfoResponse:
     while True:
         item = await asyncio.wait_for(anext(aiter(sub)), 5.0)

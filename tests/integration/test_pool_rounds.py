@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
@@ -18,7 +17,7 @@ from client_sdk import (
 from generated.liveresource.v1 import events_pb2 as ev
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from generated.liveresource.v1 import resources_pb2 as res
-from tests.conftest import ClientFactory, RoomFixture, RoomMaker, ServerHandle, launch
+from tests.conftest import ClientFactory, RoomFixture, RoomMaker, ServerHandle
 from tests.support import duration, fixed_pool, later, room_message, unique
 
 
@@ -200,13 +199,6 @@ async def test_a_claim_duration_excludes_an_end_and_must_be_in_range(make_room: 
 
 
 # --- a server of its own: its clock moves ------------------------------------------------
-
-
-@pytest.fixture
-async def clock_server(tmp_path: Path, database_url: str) -> AsyncIterator[ServerHandle]:
-    handle = await launch(tmp_path, database_url=database_url)
-    yield handle
-    await handle.running.stop(1.0)
 
 
 async def test_a_pool_is_claimable_for_its_duration_after_each_push(

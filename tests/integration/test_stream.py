@@ -4,19 +4,17 @@ pool lifecycle events that only the clock causes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import grpc
-import pytest
 
 from client_sdk import AsyncLiveResourceClient, mint_token
 from generated.liveresource.v1 import events_pb2 as ev
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as svc_grpc
 from generated.liveresource.v1 import resources_pb2 as res
-from tests.conftest import ClientFactory, RoomMaker, ServerHandle, launch
+from tests.conftest import ClientFactory, RoomMaker, ServerHandle
 from tests.support import TOKEN_KEY, TcpProxy, fixed_pool, later, room_message, unique
 
 Read = svc.StreamAllocationInfoResponse
@@ -154,14 +152,6 @@ async def test_idle_stream_gets_heartbeats_with_server_time(
     assert beat.heartbeat.sequence == snapshot.sequence
     assert beat.heartbeat.server_time.seconds >= snapshot.server_time.seconds
     await channel.close()
-
-
-@pytest.fixture
-async def clock_server(tmp_path: Path, database_url: str) -> AsyncIterator[ServerHandle]:
-    """A server of its own, so moving its clock affects no other test."""
-    handle = await launch(tmp_path, database_url=database_url)
-    yield handle
-    await handle.running.stop(1.0)
 
 
 async def test_scheduled_pool_opens_and_closes_on_time_with_events(
