@@ -4,10 +4,9 @@ log line per call. Servicer methods only see a Principal and a decoded request."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -26,7 +25,24 @@ log = logging.getLogger("liveresource.calls")
 UnaryBehavior = Callable[[Principal, Any], Coroutine[Any, Any, tuple[Message | bytes, object]]]
 """Returns the response (or its wire bytes) and a short note for the call's log line (any
 object; formatted with %s only when the line is logged, see `Note`)."""
-StreamBehavior = Callable[[Principal, Any], AsyncGenerator[Message | bytes, None]]
+Send = Callable[[Message | bytes], Awaitable[None]]
+StreamBehavior = Callable[[Principal, Any, Send], Coroutine[Any, Any, None]]
+"""Writes the stream's messages with the given send; returns when the stream ends."""
+
+
+class _Writer:
+    """`context.write` that counts what it wrote (for the log line); no coroutine of its
+    own per message."""
+
+    __slots__ = ("_write", "sent")
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._write: Send = context.write
+        self.sent = 0
+
+    def __call__(self, message: Message | bytes) -> Awaitable[None]:
+        self.sent += 1
+        return self._write(message)
 
 
 class Note:
@@ -132,34 +148,31 @@ class CallRunner:
     def stream(
         self, method: str, behavior: StreamBehavior
     ) -> Callable[[Any, grpc.aio.ServicerContext], Coroutine[Any, Any, None]]:
-        """Wrap a server-streaming behaviour. The handler is a coroutine that writes each
-        message (`context.write`), not a generator re-yielding them: one generator layer
-        fewer per stream and per message."""
+        """Wrap a server-streaming behaviour. The behaviour writes each message itself
+        (`context.write` through a counting `_Writer`): a stream is one coroutine, with no
+        generator re-yielding its messages."""
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> None:
             started = time.perf_counter()
             who: Principal | None = None
-            sent = 0
+            send = _Writer(context)
             failure: RpcFailure | None = None
             try:
                 who = self._principal(request, context, ())
-                # aclosing: the behaviour's cleanup runs now, not whenever it is collected.
-                async with contextlib.aclosing(behavior(who, request)) as messages:
-                    async for message in messages:
-                        await context.write(message)
-                        sent += 1
-                self._log(method, who, "OK", started, f"sent={sent}")
+                await behavior(who, request, send)
+                self._log(method, who, "OK", started, f"sent={send.sent}")
                 return
             except DomainError as exc:
                 failure = failure_for(exc)
             except asyncio.CancelledError:
                 # Let the cancellation propagate: swallowing it leaks per-stream memory.
-                self._log(method, who, "CANCELLED", started, f"sent={sent}")
+                self._log(method, who, "CANCELLED", started, f"sent={send.sent}")
                 raise
             except Exception:
                 failure, ref = internal_failure()
                 log.exception("unexpected error in %s (reference %s)", method, ref)
-            self._log(method, who, failure.code.name, started, f"sent={sent} {failure.message}")
+            note = f"sent={send.sent} {failure.message}"
+            self._log(method, who, failure.code.name, started, note)
             await context.abort(failure.code, failure.message, failure.trailing_metadata())
 
         return handle

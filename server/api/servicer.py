@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -12,7 +13,14 @@ from google.protobuf.message import Message
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from generated.liveresource.v1 import resources_pb2 as res
 from server.api import convert
-from server.api.calls import CallRunner, Note, UnaryBehavior, encoded, safe_deserializer
+from server.api.calls import (
+    CallRunner,
+    Note,
+    Send,
+    UnaryBehavior,
+    encoded,
+    safe_deserializer,
+)
 from server.domain.errors import Overloaded
 from server.domain.models import (
     Principal,
@@ -254,7 +262,8 @@ class Servicer:
         self,
         principal: Principal,
         request: svc.StreamAllocationInfoRequest,
-    ) -> AsyncGenerator[svc.StreamAllocationInfoResponse | bytes, None]:
+        send: Send,
+    ) -> Coroutine[Any, Any, None]:
         return subscribe.subscribe(
             self.ctx,
             self.feeds,
@@ -265,6 +274,7 @@ class Servicer:
             self.max_lag_events,
             self.eligibility,
             render=self._render,
+            send=send,
         )
 
     def _render(self, item: SubscriptionItem) -> svc.StreamAllocationInfoResponse | bytes:

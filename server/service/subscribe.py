@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TypeVar
 
@@ -84,13 +84,16 @@ class _Viewer:
         found = await self.desk.for_pools(self.principal, snap.snapshot.pools)
         return replace(snap, eligibility=found)
 
-    async def after(self, event: RoomEvent, ctx: ServiceContext) -> EligibilityUpdate | None:
-        if (
-            self.desk is None
-            or event.kind not in _ELIGIBILITY_EVENTS
-            or not event.pool.eligibility.restricts
-        ):
-            return None
+    def concerned(self, event: RoomEvent) -> bool:
+        """Whether the viewer is told their eligibility after `event`."""
+        return (
+            self.desk is not None
+            and event.kind in _ELIGIBILITY_EVENTS
+            and event.pool.eligibility.restricts
+        )
+
+    async def after(self, event: RoomEvent, ctx: ServiceContext) -> EligibilityUpdate:
+        assert self.desk is not None
         found = await self.desk.for_pools(self.principal, [event.pool])
         return EligibilityUpdate(found, ctx.clock())
 
@@ -106,16 +109,18 @@ async def subscribe(
     eligibility: EligibilityDesk | None = None,
     *,
     render: Callable[[SubscriptionItem], Out],
-) -> AsyncGenerator[Out, None]:
-    """Yield the room's allocation info: a snapshot or the missed events, then live events.
+    send: Callable[[Out], Awaitable[object]],
+) -> None:
+    """Send the room's allocation info: a snapshot or the missed events, then live events.
 
     Any authenticated caller may subscribe. Sequence numbers delivered only grow; the numbers
     skipped are stock changes superseded by a later one of the same pool (coalescing), never
     lifecycle events. A stream that, once caught up, falls more than `max_lag_events` behind
     the published events is sent a LAGGING snapshot instead of the backlog.
 
-    Every item is yielded as `render(item)` (the API layer's wire message): the stream is
-    this one generator, not one per layer.
+    Every item is sent as `await send(render(item))` (the API layer renders its wire
+    message and writes it): a stream is this one coroutine, with no generator per layer.
+    Returns only by raising: Unavailable when the server shuts down, or the cancellation.
     """
     # Rooms are public to every authenticated caller.
     out: list[FieldViolation] = []
@@ -141,11 +146,11 @@ async def subscribe(
         if resume_after == 0 or resume_after > bounds.last:
             reason = SnapshotReason.INITIAL if resume_after == 0 else SnapshotReason.RESUME_UNKNOWN
             snap = await viewer.snapshot(await _snapshot(ctx, feed, reason))
-            yield render(snap)
+            await send(render(snap))
             cursor = snap.snapshot.sequence
         elif resume_after < bounds.first_retained - 1:
             snap = await viewer.snapshot(await _snapshot(ctx, feed, SnapshotReason.RESUME_TOO_OLD))
-            yield render(snap)
+            await send(render(snap))
             cursor = snap.snapshot.sequence
         else:
             cursor = resume_after
@@ -155,35 +160,36 @@ async def subscribe(
         while not feeds.closed:
             if live and feed.behind(cursor, max_lag_events):
                 snap = await viewer.snapshot(await _snapshot(ctx, feed, SnapshotReason.LAGGING))
-                yield render(snap)
+                await send(render(snap))
                 cursor = snap.snapshot.sequence
                 continue
             # Taken before the read: events published by then must be readable, so an empty
             # read despite them means they were pruned. (Checking after the read would
             # mistake a commit that lands during the read for a prune.)
             published = feed.published
-            events = await feed.read_coalesced(cursor)
+            events = feed.batch_after(cursor)
+            if events is None:
+                events = await feed.read_coalesced(cursor)
             if events:
                 for event in events:
                     if live and feed.behind(cursor, max_lag_events):
                         break
-                    yield render(event)
+                    await send(render(event))
                     cursor = event.sequence
-                    update = await viewer.after(event, ctx)
-                    if update is not None:
-                        yield render(update)
+                    if viewer.concerned(event):
+                        await send(render(await viewer.after(event, ctx)))
                 continue
             if published > cursor:
                 # Committed events we cannot read were pruned while we lagged: resync.
                 snap = await viewer.snapshot(
                     await _snapshot(ctx, feed, SnapshotReason.RESUME_TOO_OLD)
                 )
-                yield render(snap)
+                await send(render(snap))
                 cursor = snap.snapshot.sequence
                 continue
             live = True
             if not await feed.wait_past(cursor, heartbeat_seconds) and not feeds.closed:
-                yield render(Heartbeat(ctx.clock(), cursor))
+                await send(render(Heartbeat(ctx.clock(), cursor)))
     finally:
         viewer.left()
         feeds.leave(feed)

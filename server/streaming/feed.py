@@ -81,6 +81,8 @@ class RoomFeed:
         self._idle = 0  # streams waiting in wait_past: they have written all they were given
         # Coalesced batches by cursor, for the current `published`: one per room, not per stream.
         self._batches: dict[int, list[RoomEvent]] = {}
+        # Reads of a batch under way, by cursor: (published when it started, the read).
+        self._reading: dict[int, tuple[int, asyncio.Future[list[RoomEvent]]]] = {}
         self._snapshot: tuple[int, float, SnapshotState] | None = None
         self._snapshot_loading: asyncio.Future[SnapshotState] | None = None
         self.subscribers = 0
@@ -123,11 +125,14 @@ class RoomFeed:
             self._timer = None
         self._last_publish = asyncio.get_running_loop().time()
         if self.known_last > self.published:
-            self.published = self.known_last
+            previous, self.published = self.published, self.known_last
             self._batches.clear()
-            self._wake_all()
+            if self._waiters:
+                # Every waiting stream sits at `previous`: read their batch once, then wake
+                # them, so that each finds it ready instead of awaiting the read.
+                self._start_read(previous).add_done_callback(self._wake_all)
 
-    def _wake_all(self) -> None:
+    def _wake_all(self, _: object = None) -> None:
         waiters, self._waiters = self._waiters, set()
         for waiter in waiters:
             if not waiter.done():
@@ -161,12 +166,45 @@ class RoomFeed:
         """Whether a stream at `cursor` lags the published events by more than `max_lag`."""
         return self.published - cursor > max_lag
 
+    def batch_after(self, cursor: int) -> list[RoomEvent] | None:
+        """The published events after `cursor` (coalesced) if known without waiting: none
+        when nothing newer is published, or the batch another stream at `cursor` already
+        read. None: `read_coalesced` must read it."""
+        if cursor >= self.published:
+            return []
+        return self._batches.get(cursor)
+
     async def read_coalesced(self, cursor: int) -> list[RoomEvent]:
-        """The published events after `cursor` with superseded stock changes left out."""
+        """The published events after `cursor` with superseded stock changes left out.
+
+        A room's streams mostly sit at the same cursor when a change is published: the
+        first one reads the batch, the others await that read (a crowd does not queue on
+        the fill lock one by one)."""
+        ready = self.batch_after(cursor)
+        if ready is not None:
+            return ready
+        return await asyncio.shield(self._start_read(cursor))
+
+    def _start_read(self, cursor: int) -> asyncio.Future[list[RoomEvent]]:
+        """The read of the batch after `cursor` for what is published now: the one under
+        way, or a new one."""
         published = self.published
-        cached = self._batches.get(cursor)
-        if cached is not None:
-            return cached
+        under_way = self._reading.get(cursor)
+        if under_way is not None and under_way[0] == published:
+            return under_way[1]
+        reading = asyncio.ensure_future(self._read_batch(cursor, published))
+        self._reading[cursor] = (published, reading)
+        reading.add_done_callback(lambda done: self._read_done(cursor, done))
+        return reading
+
+    def _read_done(self, cursor: int, done: asyncio.Future[list[RoomEvent]]) -> None:
+        under_way = self._reading.get(cursor)
+        if under_way is not None and under_way[1] is done:
+            del self._reading[cursor]
+        if not done.cancelled():
+            done.exception()  # retrieved: a failed read is each awaiting stream's to report
+
+    async def _read_batch(self, cursor: int, published: int) -> list[RoomEvent]:
         events = [e for e in await self.read_after(cursor) if e.sequence <= published]
         if self._stock_interval > 0:
             events = coalesce(events)
