@@ -57,6 +57,8 @@ def main() -> int:
         subscribed = subscribe.run(
             work, token_key, sizes.subscribers, sizes.subscribe_grabs, sizes.load_processes
         )
+        for line in subscribed.per_event:
+            _log(f"subscribe: {line}")
         _log(f"subscribe: {subscribed.summary()} gate {'ok' if subscribed.ok else 'FAIL'}")
         aborted = False
     except KeyboardInterrupt:

@@ -8,7 +8,8 @@ out, stock is added to the second, and the second is stopped. Every stream check
 gets: sequence numbers that only grow (a number at or below the last one applied is a
 duplicate, one below the previous message's is out of order), the lifecycle chain
 (`previous_lifecycle_sequence` above the last applied means an event was lost), every
-lifecycle event the store holds delivered, and the last stock value equal to the store's.
+lifecycle event the store holds delivered, and the last word on stock (a stock change, or a
+sell-out: stock 0) equal to the store's.
 Fan-out latency is arrival time minus the event's commit time (`event_time`, same clock).
 """
 
@@ -74,6 +75,8 @@ class SubscribeResult:
     subscribe_s: float = 0.0
     wall_s: float = 0.0
     failures: list[str] = field(default_factory=list)
+    per_event: list[str] = field(default_factory=list)
+    """Fan-out by event delivered: sequence, kind, streams, p50 and p99."""
 
     @property
     def ok(self) -> bool:
@@ -117,18 +120,27 @@ class _Stream:
         self.last_stock: tuple[int, int] = (0, -1)  # (sequence, remaining)
 
 
+Latency = tuple[int, str, float]
+"""An event's sequence, kind and its fan-out latency to one stream (seconds)."""
+_METHOD = "/liveresource.v1.ResourceAllocationService/StreamAllocationInfo"
+_parse = svc.StreamAllocationInfoResponse.FromString
+
+
 async def _follow(
-    stub: svc_grpc.ResourceAllocationServiceStub,
-    request: svc.StreamAllocationInfoRequest,
+    channel: grpc.aio.Channel,
+    request: bytes,
     metadata: tuple[tuple[str, str], ...],
     state: _Stream,
-    latencies: list[float],
+    latencies: list[Latency],
     ready: asyncio.Event,
     caught_up: asyncio.Event,
     progress: dict[str, int],
 ) -> None:
-    call = stub.StreamAllocationInfo(request, metadata=metadata)
-    async for message in call:
+    # Raw bytes, parsed here: the arrival time is taken before this process's own work.
+    call = channel.unary_stream(_METHOD)(request, metadata=metadata)
+    async for raw in call:
+        arrived = time.time()
+        message = _parse(raw)
         kind = message.WhichOneof("payload")
         if kind == "snapshot":
             if state.position >= 0:
@@ -146,7 +158,6 @@ async def _follow(
         if kind != "event":
             continue
         event = message.event
-        arrived = time.time()
         seq = event.sequence
         if seq < state.prev:
             state.ooo += 1
@@ -160,11 +171,14 @@ async def _follow(
         if seq >= progress["final"]:
             _caught(progress, caught_up)
         sent = event.event_time.seconds + event.event_time.nanos / 1e9
-        latencies.append(arrived - sent)
-        if event.WhichOneof("kind") == "stock_changed":
+        event_kind = event.WhichOneof("kind")
+        latencies.append((seq, str(event_kind), arrived - sent))
+        if event_kind == "stock_changed":
             state.last_stock = (seq, event.stock_changed.remaining_quantity)
         else:
             state.lifecycle.append(seq)
+            if event_kind == "pool_sold_out":  # stock 0; the change to 0 before it is coalesced
+                state.last_stock = (seq, 0)
 
 
 def _caught(progress: dict[str, int], caught_up: asyncio.Event) -> None:
@@ -178,18 +192,24 @@ async def _subscriber(conn: Connection, target: str, token: str, room_id: str, n
         grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(CHANNELS_PER_PROCESS)
     ]
-    stubs = [svc_grpc.ResourceAllocationServiceStub(c) for c in channels]
     metadata = (("authorization", f"Bearer {token}"),)
-    request = svc.StreamAllocationInfoRequest(room_id=room_id)
+    request = svc.StreamAllocationInfoRequest(room_id=room_id).SerializeToString()
     states = [_Stream() for _ in range(n)]
-    latencies: list[float] = []
+    latencies: list[Latency] = []
     ready = asyncio.Event()
     progress = {"ready": 0, "target": n, "final": 1 << 62, "caught": 0}
     caught_up = asyncio.Event()
     tasks = [
         asyncio.ensure_future(
             _follow(
-                stubs[i % len(stubs)], request, metadata, s, latencies, ready, caught_up, progress
+                channels[i % len(channels)],
+                request,
+                metadata,
+                s,
+                latencies,
+                ready,
+                caught_up,
+                progress,
             )
         )
         for i, s in enumerate(states)
@@ -294,7 +314,16 @@ def run(
         for conn in conns:
             conn.send((final_seq, lifecycle, stock))
         outcomes = [_expect(c, "result") for c in conns]
-        latencies = [x for o in outcomes for x in o["latencies"]]
+        per_event: dict[tuple[int, str], list[float]] = {}
+        for o in outcomes:
+            for seq, kind, latency in o["latencies"]:
+                per_event.setdefault((seq, kind), []).append(latency)
+        latencies = [x for xs in per_event.values() for x in xs]
+        result.per_event = [
+            f"event {seq} {kind}: {len(xs)} streams, fan-out p50 "
+            f"{percentile(xs, 50) * 1000:.0f} ms, p99 {percentile(xs, 99) * 1000:.0f} ms"
+            for (seq, kind), xs in sorted(per_event.items())
+        ]
         result.subscribers = sum(o["open"] for o in outcomes)
         result.events_lost = sum(o["lost"] for o in outcomes)
         result.events_duplicated = sum(o["dup"] for o in outcomes)
@@ -347,6 +376,8 @@ async def _changes(target: str, token_key: str, room_id: str, pool_a: str, grabs
         for _ in range(4)
     ]
     stubs = [svc_grpc.ResourceAllocationServiceStub(c) for c in channels]
+    # Minted before the first change: the load's own work stays out of the measured window.
+    tokens = [mint_token(f"subscribe-v{i}", "viewer", key=token_key) for i in range(grabs)]
     try:
         created = await stubs[0].ConfigureResources(
             svc.ConfigureResourcesRequest(
@@ -359,8 +390,7 @@ async def _changes(target: str, token_key: str, room_id: str, pool_a: str, grabs
 
         in_flight = asyncio.Semaphore(GRABS_IN_FLIGHT)
 
-        async def grab(i: int) -> None:
-            token = mint_token(f"subscribe-v{i}", "viewer", key=token_key)
+        async def grab(i: int, token: str) -> None:
             async with in_flight:
                 await stubs[i % len(stubs)].Allocate(
                     svc.AllocateRequest(request_id=str(uuid.uuid4()), pool_id=pool_a),
@@ -368,7 +398,7 @@ async def _changes(target: str, token_key: str, room_id: str, pool_a: str, grabs
                     timeout=120,
                 )
 
-        await asyncio.gather(*(grab(i) for i in range(grabs)))
+        await asyncio.gather(*(grab(i, token) for i, token in enumerate(tokens)))
         added = await stubs[0].ConfigureResources(
             svc.ConfigureResourcesRequest(
                 request_id=str(uuid.uuid4()),
@@ -409,9 +439,18 @@ def _store_events(db: Path, room_id: str) -> tuple[int, list[int], tuple[int, in
     finally:
         conn.close()
     lifecycle = [int(seq) for seq, kind, _ in rows if kind != "stock_changed"]
-    stock = [(int(seq), payload) for seq, kind, payload in rows if kind == "stock_changed"]
+    # The room's last word on stock: a stock change, or a sell-out (stock 0).
+    stock = [
+        (int(seq), kind, payload)
+        for seq, kind, payload in rows
+        if kind in ("stock_changed", "pool_sold_out")
+    ]
     last_stock = (0, -1)
     if stock:
-        seq, payload = stock[-1]
-        last_stock = (seq, int(json.loads(payload)["remaining_quantity"]))
+        seq, kind, payload = stock[-1]
+        last_stock = (seq, 0 if kind == "pool_sold_out" else _remaining(payload))
     return (int(rows[-1][0]) if rows else 0), lifecycle, last_stock, len(rows)
+
+
+def _remaining(payload: str) -> int:
+    return int(json.loads(payload)["remaining_quantity"])

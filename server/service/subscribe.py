@@ -114,9 +114,10 @@ async def subscribe(
     """Send the room's allocation info: a snapshot or the missed events, then live events.
 
     Any authenticated caller may subscribe. Sequence numbers delivered only grow; the numbers
-    skipped are stock changes superseded by a later one of the same pool (coalescing), never
-    lifecycle events. A stream that, once caught up, falls more than `max_lag_events` behind
-    the published events is sent a LAGGING snapshot instead of the backlog.
+    skipped are stock changes superseded by a later one or a sell-out of the same pool
+    (coalescing), never lifecycle events. A stream that, once caught up, falls more than
+    `max_lag_events` behind the published events is sent a LAGGING snapshot instead of the
+    backlog.
 
     Every item is sent as `await send(render(item))` (the API layer renders its wire
     message and writes it): a stream is this one coroutine, with no generator per layer.

@@ -31,12 +31,19 @@ _FETCH_LIMIT = 500
 
 
 def coalesce(events: list[RoomEvent]) -> list[RoomEvent]:
-    """The events minus each stock change that a later one of the same pool supersedes."""
+    """The events minus each stock change that a later stock change or sell-out of the same
+    pool supersedes (a sell-out says the stock is 0: the change to 0 committed with it
+    would be a second write to every stream for nothing)."""
     latest: dict[str, int] = {}
+    changes = 0
     for index, event in enumerate(events):
-        if event.kind is EventKind.STOCK_CHANGED:
+        kind = event.kind
+        if kind is EventKind.STOCK_CHANGED:
+            changes += 1
             latest[event.pool.pool_id] = index
-    if len(latest) == sum(1 for e in events if e.kind is EventKind.STOCK_CHANGED):
+        elif kind is EventKind.POOL_SOLD_OUT:
+            latest[event.pool.pool_id] = index
+    if changes == sum(1 for i in latest.values() if events[i].kind is EventKind.STOCK_CHANGED):
         return events
     return [
         e

@@ -275,7 +275,9 @@ Global___StockChanged: _TypeAlias = StockChanged  # noqa: Y015
 
 @_typing.final
 class PoolSoldOut(_message.Message):
-    """A pool ran out of stock."""
+    """A pool ran out of stock: its remaining quantity is 0. A stream that
+    coalesces stock may skip the StockChanged to 0 committed just before it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -400,7 +402,8 @@ class RoomEvent(_message.Message):
     The store numbers a room's events 1, 2, 3 ... with no gap. A stream delivers
     them in that order, except that stock changes are coalesced: while stock
     falls quickly, a stream carries a pool's latest StockChanged at most every
-    stock update interval (200 ms by default) and skips the ones it superseded.
+    stock update interval (200 ms by default) and skips the ones it superseded,
+    and a PoolSoldOut (stock 0) supersedes the pool's StockChanged before it.
     Every other kind (the lifecycle events: scheduled, opened, changed, sold
     out, closed, pinned, unpinned, resent) is always delivered, in order. A client that has applied every
     event up to sequence P detects a lost lifecycle event when an event arrives
