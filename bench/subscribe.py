@@ -322,6 +322,7 @@ def run(
         result.per_event = [
             f"event {seq} {kind}: {len(xs)} streams, fan-out p50 "
             f"{percentile(xs, 50) * 1000:.0f} ms, p99 {percentile(xs, 99) * 1000:.0f} ms"
+            f" (first {min(xs) * 1000:.0f} ms)"
             for (seq, kind), xs in sorted(per_event.items())
         ]
         result.subscribers = sum(o["open"] for o in outcomes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -26,6 +27,8 @@ SNAPSHOT_REUSE_S = 1.0
 STOCK_MAX_DEFER_S = 2.0
 """A stock tick waits for the previous one to be written by the room's streams, this long at
 most."""
+HEARTBEAT_SLOT_S = 0.25
+"""Heartbeat deadlines are kept in slots this wide (a heartbeat is at most this late)."""
 
 _FETCH_LIMIT = 500
 
@@ -52,9 +55,49 @@ def coalesce(events: list[RoomEvent]) -> list[RoomEvent]:
     ]
 
 
-def _timed_out(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+class _HeartbeatWheel:
+    """When each waiting stream of a room is due a heartbeat: its waiter in the slot of its
+    deadline, and one timer for the room instead of one per stream (a timer per wait cost a
+    heap push and a cancel on every event to every stream). Deadlines stay per stream, so
+    heartbeats stay as staggered as the streams' waits."""
+
+    __slots__ = ("_slots", "_timer")
+
+    def __init__(self) -> None:
+        self._slots: dict[int, list[asyncio.Future[None]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, waiter: asyncio.Future[None], deadline: float) -> None:
+        slot = math.ceil(deadline / HEARTBEAT_SLOT_S)
+        waiters = self._slots.get(slot)
+        if waiters is None:
+            self._slots[slot] = [waiter]
+            if self._timer is None or slot * HEARTBEAT_SLOT_S < self._timer.when():
+                self._arm(slot)
+        else:
+            waiters.append(waiter)
+
+    def _arm(self, slot: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(slot * HEARTBEAT_SLOT_S, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        now = math.floor(asyncio.get_running_loop().time() / HEARTBEAT_SLOT_S)
+        for slot in [s for s in self._slots if s <= now]:
+            for waiter in self._slots.pop(slot):
+                if not waiter.done():
+                    waiter.set_result(None)
+        if self._slots:
+            self._arm(min(self._slots))
+
+    def clear(self) -> None:
+        """Forget every deadline (their waiters were all woken)."""
+        self._slots.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class RoomFeed:
@@ -85,7 +128,9 @@ class RoomFeed:
         self._last_publish = -stock_interval
         self._timer: asyncio.TimerHandle | None = None
         self._stock_pending = False
-        self._idle = 0  # streams waiting in wait_past: they have written all they were given
+        # When the streams had all written the last publish (None: not yet).
+        self._drained_at: float | None = None
+        self._heartbeats = _HeartbeatWheel()
         # Coalesced batches by cursor, for the current `published`: one per room, not per stream.
         self._batches: dict[int, list[RoomEvent]] = {}
         # Reads of a batch under way, by cursor: (published when it started, the read).
@@ -109,21 +154,28 @@ class RoomFeed:
             self._timer = loop.call_at(due, self._stock_due)
 
     def _stock_due(self) -> None:
-        """A stock tick is due: publish it once the room's streams have written the last one
-        (each tick costs a write per stream; ticks queued behind unfinished ones would crowd
-        out everything else the server does), or at the latest STOCK_MAX_DEFER_S after it."""
+        """A stock tick may be due. Each tick costs a write per stream, so a tick waits until
+        the room's streams have written the last publish, and then as long again as that
+        took (ticks to a big room take at most about half the server's time, leaving the
+        rest to grabs and lifecycle events); at the latest STOCK_MAX_DEFER_S after it. A
+        small room writes at once: its ticks come every stock interval."""
         self._timer = None
         if not self._stock_pending:
             return
         loop = asyncio.get_running_loop()
-        if self._drained() or loop.time() >= self._last_publish + STOCK_MAX_DEFER_S:
+        last = self._last_publish
+        due = last + STOCK_MAX_DEFER_S
+        if self._drained_at is not None:
+            rested = self._drained_at + (self._drained_at - last)
+            due = max(last + self._stock_interval, min(rested, due))
+        if loop.time() >= due:
             self._publish()
         else:
-            self._timer = loop.call_at(self._last_publish + STOCK_MAX_DEFER_S, self._stock_due)
+            self._timer = loop.call_at(due, self._stock_due)
 
     def _drained(self) -> bool:
         # Streams waiting for news have written everything; a few stalled phones do not count.
-        return self._idle >= self.subscribers - self.subscribers // 20
+        return len(self._waiters) >= self.subscribers - self.subscribers // 20
 
     def _publish(self) -> None:
         self._stock_pending = False
@@ -131,6 +183,7 @@ class RoomFeed:
             self._timer.cancel()
             self._timer = None
         self._last_publish = asyncio.get_running_loop().time()
+        self._drained_at = None
         if self.known_last > self.published:
             previous, self.published = self.published, self.known_last
             self._batches.clear()
@@ -141,6 +194,7 @@ class RoomFeed:
 
     def _wake_all(self, _: object = None) -> None:
         waiters, self._waiters = self._waiters, set()
+        self._heartbeats.clear()
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -151,23 +205,21 @@ class RoomFeed:
             return True
         if self._closed:
             return False
-        self._idle += 1
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.add(waiter)
+        self._heartbeats.add(waiter, loop.time() + seconds)
+        if self._drained_at is None and self._drained():
+            # The last stream to finish writing the last publish: a tick may be due now.
+            self._drained_at = loop.time()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._stock_due()
         try:
-            if self._stock_pending and self._timer is None and self._drained():
-                self._publish()  # the last stream to finish writing releases the next tick
-                return True
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.add(waiter)
-            timer = loop.call_later(seconds, _timed_out, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiters.discard(waiter)
-            return self.published > cursor
+            await waiter
         finally:
-            self._idle -= 1
+            self._waiters.discard(waiter)
+        return self.published > cursor
 
     def behind(self, cursor: int, max_lag: int) -> bool:
         """Whether a stream at `cursor` lags the published events by more than `max_lag`."""
