@@ -17,6 +17,7 @@ from bench.subscribe import SubscribeResult
 RATIOS = {
     "hot_vs_noop": ("hot", "noop"),
     "soldout_vs_noop": ("soldout", "noop"),
+    "soldout_fresh_vs_noop": ("soldout_fresh", "noop"),
     "spread_vs_noop": ("spread", "noop"),
     "batched_vs_naive": ("hot", "naive"),
 }
@@ -37,7 +38,7 @@ def counts(values: Mapping[str, int]) -> str:
 
 def progress_line(round_no: int, rounds: int, run: ScenarioRun) -> str:
     return (
-        f"round {round_no}/{rounds} {run.name:<8} {run.calls:>6} calls in {run.wall_s:6.2f}s "
+        f"round {round_no}/{rounds} {run.name:<13} {run.calls:>6} calls in {run.wall_s:6.2f}s "
         f"= {run.throughput:8.0f}/s  p50 {run.p50_ms:7.1f} ms  p99 {run.p99_ms:7.1f} ms  "
         f"server cpu {run.server_cpu:4.0%}  load cpu {run.load_cpu:4.0%}  {counts(run.statuses)}  "
         f"{counts(run.outcomes)}  gate {'ok' if run.gate.ok else 'FAIL'}"
@@ -112,7 +113,7 @@ def _ratio(by_name: Mapping[str, Sequence[ScenarioRun]], a: str, b: str) -> floa
 
 def _table(scenarios: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
     head = (
-        f"{'scenario':<8} {'calls':>7} {'calls/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'scenario':<13} {'calls':>7} {'calls/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'srv cpu':>7} {'load cpu':>8}  {'gate':<4}  statuses / outcomes"
     )
     lines = [
@@ -124,7 +125,7 @@ def _table(scenarios: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any
     ]
     for name, s in scenarios.items():
         lines.append(
-            f"{name:<8} {s['calls']:>7} {s['throughput']:>8.0f} {s['p50_ms']:>8.1f} "
+            f"{name:<13} {s['calls']:>7} {s['throughput']:>8.0f} {s['p50_ms']:>8.1f} "
             f"{s['p99_ms']:>8.1f} {s['server_cpu']:>7.0%} {s['load_cpu']:>8.0%}  "
             f"{'ok' if s['gate_ok'] else 'FAIL':<4}  {counts(s['statuses'])} / "
             f"{counts(s['outcomes'])}"

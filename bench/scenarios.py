@@ -1,4 +1,5 @@
-"""The six scenarios: each sets up fresh pools, runs its load once and gates the store."""
+"""The scenarios: each sets up fresh pools (or uses the round's `hot` pool), runs its load
+once and gates the store."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from bench.server_process import ServerProcess
 from bench.sizes import Sizes
 from bench.stats import percentile
 
-ORDER = ("noop", "hot", "soldout", "spread", "naive", "burst")
+ORDER = ("noop", "hot", "soldout", "soldout_fresh", "spread", "naive", "burst")
 
 
 @dataclass(kw_only=True)
@@ -61,6 +62,8 @@ class Bench:
             return self.hot(round_no, self.batched, self.sizes.hot_viewers, name)
         if name == "soldout":
             return self.soldout(round_no)
+        if name == "soldout_fresh":
+            return self.soldout(round_no, fresh=True)
         if name == "spread":
             return self.spread(round_no)
         if name == "naive":
@@ -91,14 +94,26 @@ class Bench:
             self.hot_pools[round_no] = (pool_id, records)
         return run
 
-    def soldout(self, round_no: int) -> ScenarioRun:
-        """More distinct viewers grab the hot pool of this round once it is empty."""
+    def soldout(self, round_no: int, *, fresh: bool = False) -> ScenarioRun:
+        """More grabs at the hot pool of this round once it is empty.
+
+        Not fresh: the round's `hot` viewers tap again (each with a new request_id), their
+        apps presenting the tokens they already hold, as an app in the room does: the
+        sold-out answer itself. Fresh: viewers never seen before, so every grab also pays
+        a first verification of its token."""
         pool_id, earlier = self.hot_pools[round_no]
-        grabs = [
-            Grab(f"soldout-r{round_no}-v{i}", pool_id) for i in range(self.sizes.soldout_grabs)
-        ]
-        run, records = self._grab("soldout", self.batched, grabs, attempts=1)
-        run.gate = _check(self.batched, [pool_id], [*earlier, *records])
+        if fresh:
+            name = "soldout_fresh"
+            viewers = [f"soldout-r{round_no}-v{i}" for i in range(self.sizes.soldout_grabs)]
+        else:
+            # In `hot`'s order, so each viewer lands on the load process that holds its token.
+            name = "soldout"
+            count = min(self.sizes.soldout_grabs, self.sizes.hot_viewers)
+            viewers = [f"hot-r{round_no}-v{i}" for i in range(count)]
+        grabs = [Grab(viewer, pool_id) for viewer in viewers]
+        run, records = self._grab(name, self.batched, grabs, attempts=1)
+        earlier.extend(records)
+        run.gate = _check(self.batched, [pool_id], earlier)
         return run
 
     def spread(self, round_no: int) -> ScenarioRun:

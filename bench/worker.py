@@ -9,18 +9,16 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
-from typing import Any
+from typing import TypeAlias
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from bench.jobs import Grab, GrabRecord, Job, WorkerResult
 from client_sdk.tokens import mint_token
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
-from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as svc_grpc
 
 READY = "ready"
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
@@ -63,13 +61,16 @@ async def _run(job: Job, conn: Connection, release: Event) -> WorkerResult:
         conn.send((READY, None))
         _wait_for_release(release)
         cpu0, started = time.process_time(), time.perf_counter()
-        results = await asyncio.gather(*calls)
+        answers = await asyncio.gather(*(call.run() for call in calls))
         finished = time.perf_counter()
         out = WorkerResult(started=started, finished=finished, cpu_s=time.process_time() - cpu0)
+        # Answers are parsed after the clock stopped, for every scenario alike: the load
+        # processes share the cores with the server, and their own work is not its cost.
         statuses: Counter[str] = Counter()
         outcomes: Counter[str] = Counter()
-        for latencies, record in results:
+        for call, latencies in zip(calls, answers, strict=True):
             out.latencies_s.extend(latencies)
+            record = call.record()
             statuses.update(record.statuses)
             outcomes.update(o for o in record.outcomes if o)
             if job.kind == "grab":
@@ -89,32 +90,118 @@ def _wait_for_release(release: Event) -> None:
             raise SystemExit("the bench process is gone")
 
 
-_Coro = Coroutine[Any, Any, tuple[list[float], GrabRecord]]
-"""One call (or a grab with its retry): its latencies and what it got back."""
+_CHECK = "/grpc.health.v1.Health/Check"
+_ALLOCATE = "/liveresource.v1.ResourceAllocationService/Allocate"
+_CHECK_REQUEST = health_pb2.HealthCheckRequest().SerializeToString()
+_Method: TypeAlias = "grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]"
+"""Bytes in, bytes out: no serializers."""
+
+_TOKENS: dict[str, tuple[tuple[str, str], ...]] = {}
+"""Each viewer's bearer metadata, kept across jobs as an app keeps its token: the viewers of
+`hot` tapping again in `soldout` present the tokens the server has already seen."""
+_TOKENS_KEPT = 200_000
 
 
-def _noop_calls(job: Job, channels: list[grpc.aio.Channel]) -> list[_Coro]:
-    stubs = [health_pb2_grpc.HealthStub(c) for c in channels]
-    return [_check(stubs[i % len(stubs)], job) for i in range(job.noop_calls)]
+class _Call:
+    """One call, or a grab with its retry: request bytes built before the release, answers
+    kept as bytes and parsed only in `record`, after the clock stopped."""
 
+    __slots__ = ("answers", "grab", "metadata", "methods", "request", "request_id", "timeout")
 
-def _grab_calls(job: Job, channels: list[grpc.aio.Channel]) -> list[_Coro]:
-    stubs = [svc_grpc.ResourceAllocationServiceStub(c) for c in channels]
-    n = len(job.all_targets)
-    tokens: dict[str, tuple[tuple[str, str], ...]] = {}
-    for grab in job.grabs:
-        if grab.viewer_id not in tokens:
-            token = mint_token(grab.viewer_id, "viewer", key=job.token_key)
-            tokens[grab.viewer_id] = (("authorization", f"Bearer {token}"),)
-    return [
-        _allocate(
-            [stubs[c] for c in route(i, n, job.channels, job.attempts)],
-            grab,
-            tokens[grab.viewer_id],
-            job,
+    def __init__(
+        self,
+        methods: list[_Method],
+        request: bytes,
+        metadata: tuple[tuple[str, str], ...] | None,
+        timeout: float,
+        grab: Grab | None = None,
+        request_id: str = "",
+    ) -> None:
+        self.methods = methods
+        self.request = request
+        self.metadata = metadata
+        self.timeout = timeout
+        self.grab = grab
+        self.request_id = request_id
+        self.answers: list[bytes | grpc.StatusCode] = []
+
+    async def run(self) -> list[float]:
+        latencies: list[float] = []
+        for method in self.methods:  # one per attempt
+            t0 = time.perf_counter()
+            try:
+                answer: bytes | grpc.StatusCode = await method(
+                    self.request, metadata=self.metadata, timeout=self.timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                answer = exc.code()
+            latencies.append(time.perf_counter() - t0)
+            self.answers.append(answer)
+        return latencies
+
+    def record(self) -> GrabRecord:
+        statuses: list[str] = []
+        outcomes: list[str] = []
+        codes: list[str] = []
+        for answer in self.answers:
+            if isinstance(answer, grpc.StatusCode):
+                statuses.append(answer.name)
+                outcomes.append("")
+                codes.append("")
+            elif self.grab is None:
+                statuses.append("OK")
+                status = health_pb2.HealthCheckResponse.FromString(answer).status
+                outcomes.append(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+                codes.append("")
+            else:
+                reply = svc.AllocateResponse.FromString(answer)
+                statuses.append("OK")
+                outcomes.append(svc.AllocationOutcome.Name(reply.outcome))
+                codes.append(reply.coupon.code if reply.HasField("coupon") else "")
+        if self.grab is None:
+            return GrabRecord("", "", "", tuple(statuses), tuple(outcomes), tuple(codes))
+        return GrabRecord(
+            self.grab.viewer_id,
+            self.grab.pool_id,
+            self.request_id,
+            tuple(statuses),
+            tuple(outcomes),
+            tuple(codes),
         )
-        for i, grab in enumerate(job.grabs)
+
+
+def _noop_calls(job: Job, channels: list[grpc.aio.Channel]) -> list[_Call]:
+    methods = [c.unary_unary(_CHECK) for c in channels]
+    return [
+        _Call([methods[i % len(methods)]], _CHECK_REQUEST, None, job.timeout_s)
+        for i in range(job.noop_calls)
     ]
+
+
+def _grab_calls(job: Job, channels: list[grpc.aio.Channel]) -> list[_Call]:
+    methods = [c.unary_unary(_ALLOCATE) for c in channels]
+    n = len(job.all_targets)
+    if len(_TOKENS) > _TOKENS_KEPT:
+        _TOKENS.clear()
+    calls = []
+    for i, grab in enumerate(job.grabs):
+        metadata = _TOKENS.get(grab.viewer_id)
+        if metadata is None:
+            token = mint_token(grab.viewer_id, "viewer", key=job.token_key)
+            metadata = _TOKENS[grab.viewer_id] = (("authorization", f"Bearer {token}"),)
+        request_id = str(uuid.uuid4())
+        request = svc.AllocateRequest(request_id=request_id, pool_id=grab.pool_id)
+        calls.append(
+            _Call(
+                [methods[c] for c in route(i, n, job.channels, job.attempts)],
+                request.SerializeToString(),
+                metadata,
+                job.timeout_s,
+                grab,
+                request_id,
+            )
+        )
+    return calls
 
 
 def route(i: int, targets: int, per_target: int, attempts: int) -> list[int]:
@@ -122,47 +209,3 @@ def route(i: int, targets: int, per_target: int, attempts: int) -> list[int]:
     order: grab i goes to target i % targets (its channels in turn), attempt k to the k-th
     target after that one, so a retry never lands on the process of the attempt before."""
     return [(i + k) % targets * per_target + i // targets % per_target for k in range(attempts)]
-
-
-async def _check(stub: health_pb2_grpc.HealthStub, job: Job) -> tuple[list[float], GrabRecord]:
-    t0 = time.perf_counter()
-    try:
-        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=job.timeout_s)
-        status, outcome = "OK", health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    except grpc.aio.AioRpcError as exc:
-        status, outcome = exc.code().name, ""
-    return [time.perf_counter() - t0], GrabRecord("", "", "", (status,), (outcome,), ("",))
-
-
-async def _allocate(
-    stubs: list[svc_grpc.ResourceAllocationServiceStub],
-    grab: Grab,
-    metadata: tuple[tuple[str, str], ...],
-    job: Job,
-) -> tuple[list[float], GrabRecord]:
-    request = svc.AllocateRequest(request_id=str(uuid.uuid4()), pool_id=grab.pool_id)
-    latencies: list[float] = []
-    statuses: list[str] = []
-    outcomes: list[str] = []
-    codes: list[str] = []
-    for stub in stubs:  # one per attempt
-        t0 = time.perf_counter()
-        try:
-            reply = await stub.Allocate(request, metadata=metadata, timeout=job.timeout_s)
-            statuses.append("OK")
-            outcomes.append(svc.AllocationOutcome.Name(reply.outcome))
-            codes.append(reply.coupon.code if reply.HasField("coupon") else "")
-        except grpc.aio.AioRpcError as exc:
-            statuses.append(exc.code().name)
-            outcomes.append("")
-            codes.append("")
-        latencies.append(time.perf_counter() - t0)
-    record = GrabRecord(
-        grab.viewer_id,
-        grab.pool_id,
-        request.request_id,
-        tuple(statuses),
-        tuple(outcomes),
-        tuple(codes),
-    )
-    return latencies, record

@@ -136,7 +136,11 @@ class Servicer:
             if refused is not None:
                 result = refused
             elif self.desk is not None:
-                result = await self.desk.allocate(principal, key, request.pool_id)
+                # Most refusals and every retry are known at once: no wait, no coroutine.
+                answer = self.desk.answer_now(key, request.pool_id)
+                if answer is None:
+                    answer = await self.desk.allocate(principal, key, request.pool_id, checked=True)
+                result = answer
             else:
                 result = await allocate.allocate(self.ctx, principal, key, request.pool_id)
         if self.metrics is not None:

@@ -123,17 +123,33 @@ class GrantDesk:
 
     # --- front door -------------------------------------------------------------------
 
-    async def allocate(
-        self, principal: Principal, key: IdempotencyKey, pool_id: str
-    ) -> AllocationResult:
-        """Grant the viewer a coupon or say why not; see the module docstring."""
-        check_grab(principal, key, pool_id)
+    def answer_now(self, key: IdempotencyKey, pool_id: str) -> AllocationResult | None:
+        """The answer if it is known without waiting: the recent answer to this request, or
+        a refusal that the pool's committed view proves (sold out, limit reached, not open,
+        closed). None: the grab must queue, or the view be loaded. The caller has checked
+        the grab (`check_grab`)."""
         k: Key = (key.subject, key.request_id)
         recent = self._recent.get(k)
         if recent is not None:
             if recent[0] != key.fingerprint:
                 raise RequestIdReused()
             return recent[1]
+        if self._shared or k in self._inflight:
+            return None
+        view = self._views.get(pool_id)
+        return None if view is None else self._refusal(view, key, k)
+
+    async def allocate(
+        self, principal: Principal, key: IdempotencyKey, pool_id: str, *, checked: bool = False
+    ) -> AllocationResult:
+        """Grant the viewer a coupon or say why not; see the module docstring. `checked`:
+        the caller has run `check_grab` already."""
+        if not checked:
+            check_grab(principal, key, pool_id)
+        answer = self.answer_now(key, pool_id)
+        if answer is not None:
+            return answer
+        k: Key = (key.subject, key.request_id)
         pending = self._inflight.get(k)
         if pending is not None:
             if pending.key.fingerprint != key.fingerprint:
@@ -144,13 +160,18 @@ class GrantDesk:
         view = self._views.get(pool_id) or await self._view(pool_id)
         if view is None:
             raise NotFound("pool", pool_id)
-        if k not in view.granted:
-            now = self._ctx.clock()
-            refusal = allocation.refusal(view.pool, view.counts.get(key.subject, 0), now)
-            if refusal is not None:
-                self._remember(k, key.fingerprint, refusal)
-                return refusal
-        return await self._enqueue(key, pool_id)
+        refusal = self._refusal(view, key, k)
+        return refusal if refusal is not None else await self._enqueue(key, pool_id)
+
+    def _refusal(self, view: PoolView, key: IdempotencyKey, k: Key) -> AllocationResult | None:
+        """A refusal the view proves (remembered as this request's answer), else None."""
+        if k in view.granted:
+            return None
+        now = self._ctx.clock()
+        refusal = allocation.refusal(view.pool, view.counts.get(key.subject, 0), now)
+        if refusal is not None:
+            self._remember(k, key.fingerprint, refusal)
+        return refusal
 
     async def _enqueue(self, key: IdempotencyKey, pool_id: str) -> AllocationResult:
         future: asyncio.Future[AllocationResult] = asyncio.get_running_loop().create_future()

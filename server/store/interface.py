@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from server.domain.eligibility import WatchSession
 from server.domain.models import Coupon, EventDraft, Pool, Redemption, Room, RoomEvent
@@ -21,9 +21,10 @@ CommitListener = Callable[[str, int, bool], None]
 any of the room's events in the commit is a lifecycle event, i.e. not a stock change)."""
 
 
-@dataclass(frozen=True, slots=True)
-class IdempotencyKey:
-    """Who asked, with which request_id, for what (method and a hash of the parameters)."""
+class IdempotencyKey(NamedTuple):
+    """Who asked, with which request_id, for what (method and a hash of the parameters).
+    A NamedTuple: one is built per call, and a frozen dataclass is several times slower to
+    build."""
 
     subject: str
     request_id: str

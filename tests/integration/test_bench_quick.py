@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 KEYS = (
     "hot_vs_noop",
     "soldout_vs_noop",
+    "soldout_fresh_vs_noop",
     "spread_vs_noop",
     "batched_vs_naive",
     "burst_cancelled",
@@ -69,7 +70,10 @@ async def test_quick_bench_runs_every_scenario_and_its_gate_passes(db: str) -> N
         assert summary["pg_hot_vs_noop"] > 0 and summary["multi_vs_single"] > 0
         multi = summary["scenarios"]["multi"]  # 3 processes, each retry on another one
         assert multi["calls"] > 0 and multi["gate_ok"], multi
-    for name in ("noop", "hot", "soldout", "spread", "naive", "burst"):
+    for name in ("noop", "hot", "soldout", "soldout_fresh", "spread", "naive", "burst"):
         assert summary["scenarios"][name]["calls"] > 0, name
+    for name in ("soldout", "soldout_fresh"):  # the hot viewers again, then new ones
+        outcomes = summary["scenarios"][name]["outcomes"]
+        assert list(outcomes) == ["ALLOCATION_OUTCOME_SOLD_OUT"], (name, outcomes)
     # The readable table comes before the JSON line.
     assert any(line.startswith("hot ") for line in lines[:-1]), done.stdout
