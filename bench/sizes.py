@@ -18,6 +18,9 @@ class Sizes:
     naive_viewers: int
     """`hot` with batching off, smaller: one transaction per call runs at ~200 calls/s here."""
     soldout_grabs: int
+    """`soldout`: the `hot` viewers tapping again (at most `hot_viewers`)."""
+    soldout_fresh_grabs: int
+    """`soldout_fresh`: viewers never seen before (every grab a first token check)."""
     spread_pools: int
     spread_per_pool: int
     burst_calls: int
@@ -39,8 +42,9 @@ FULL = Sizes(
     rounds=3,
     noop_calls=10_000,
     hot_viewers=20_000,
-    naive_viewers=1_000,
+    naive_viewers=600,
     soldout_grabs=20_000,
+    soldout_fresh_grabs=10_000,
     spread_pools=100,
     spread_per_pool=50,
     burst_calls=5_000,
@@ -55,6 +59,7 @@ QUICK = Sizes(
     hot_viewers=500,
     naive_viewers=250,
     soldout_grabs=500,
+    soldout_fresh_grabs=300,
     spread_pools=10,
     spread_per_pool=20,
     burst_calls=300,
