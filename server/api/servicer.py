@@ -139,7 +139,7 @@ class Servicer:
                 # Most refusals and every retry are known at once: no wait, no coroutine.
                 answer = self.desk.answer_now(key, request.pool_id)
                 if answer is None:
-                    answer = await self.desk.allocate(principal, key, request.pool_id, checked=True)
+                    answer = await self.desk.decide(key, request.pool_id)
                 result = answer
             else:
                 result = await allocate.allocate(self.ctx, principal, key, request.pool_id)

@@ -140,15 +140,17 @@ class GrantDesk:
         return None if view is None else self._refusal(view, key, k)
 
     async def allocate(
-        self, principal: Principal, key: IdempotencyKey, pool_id: str, *, checked: bool = False
+        self, principal: Principal, key: IdempotencyKey, pool_id: str
     ) -> AllocationResult:
-        """Grant the viewer a coupon or say why not; see the module docstring. `checked`:
-        the caller has run `check_grab` already."""
-        if not checked:
-            check_grab(principal, key, pool_id)
+        """Grant the viewer a coupon or say why not; see the module docstring."""
+        check_grab(principal, key, pool_id)
         answer = self.answer_now(key, pool_id)
-        if answer is not None:
-            return answer
+        return answer if answer is not None else await self.decide(key, pool_id)
+
+    async def decide(self, key: IdempotencyKey, pool_id: str) -> AllocationResult:
+        """The answer to a checked grab that `answer_now` could not give: the grab already
+        in flight, a refusal once the pool's view is loaded, or the grab queued for the
+        writer."""
         k: Key = (key.subject, key.request_id)
         pending = self._inflight.get(k)
         if pending is not None:
@@ -157,11 +159,14 @@ class GrantDesk:
             return await asyncio.shield(pending.future)
         if self._shared:
             return await self._enqueue(key, pool_id)
-        view = self._views.get(pool_id) or await self._view(pool_id)
-        if view is None:
-            raise NotFound("pool", pool_id)
-        refusal = self._refusal(view, key, k)
-        return refusal if refusal is not None else await self._enqueue(key, pool_id)
+        if pool_id not in self._views:  # else answer_now has just found no refusal
+            view = await self._view(pool_id)
+            if view is None:
+                raise NotFound("pool", pool_id)
+            refusal = self._refusal(view, key, k)
+            if refusal is not None:
+                return refusal
+        return await self._enqueue(key, pool_id)
 
     def _refusal(self, view: PoolView, key: IdempotencyKey, k: Key) -> AllocationResult | None:
         """A refusal the view proves (remembered as this request's answer), else None."""
