@@ -1,16 +1,26 @@
 """What a coalesced batch keeps: every lifecycle event in order, and for each pool only the
 stock changes no later stock change or sell-out of that pool supersedes. And the feed's
-heartbeat wheel: one timer per room, deadlines per stream."""
+heartbeat wheel: one timer per room, deadlines per stream. And the pacing of stock ticks."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import cast
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from server.domain.models import EventKind, RoomEvent
-from server.streaming.feed import HEARTBEAT_SLOT_S, _HeartbeatWheel, coalesce
+from server.store.interface import Store
+from server.streaming.feed import (
+    HEARTBEAT_SLOT_S,
+    STOCK_MAX_DEFER_S,
+    RoomFeed,
+    _HeartbeatWheel,
+    coalesce,
+)
 from tests.unit.test_store_sql import NOW, make_pool
 
 _POOLS = {pool_id: make_pool(pool_id) for pool_id in ("a", "b", "c")}
@@ -93,3 +103,67 @@ async def test_heartbeat_deadlines_stay_per_stream_and_a_wake_forgets_them() -> 
     wheel.clear()  # every waiter was woken by a publish: no heartbeat is due any more
     await asyncio.sleep(0.6)
     assert not later[2].done()
+
+
+class _EmptyStore:
+    """Only what the feed reads when a batch is published: a room with no stored events (the
+    pacing under test does not depend on them)."""
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, write: bool = False) -> AsyncIterator[_EmptyStore]:
+        yield self
+
+    async def events_after(self, room_id: str, cursor: int, limit: int) -> list[RoomEvent]:
+        return []
+
+
+async def _stream(
+    feed: RoomFeed, writes_s: float, woken: list[tuple[float, int]], last: asyncio.Event
+) -> None:
+    """A room stream: waits for a publish, then spends `writes_s` writing it."""
+    loop = asyncio.get_running_loop()
+    cursor = feed.published
+    while True:
+        await feed.wait_past(cursor, 60)
+        cursor = feed.published
+        woken.append((loop.time(), cursor))
+        if cursor == 3:
+            last.set()
+        await asyncio.sleep(writes_s)
+
+
+async def _ticks(streams: int, stalled: int, writes_s: float) -> list[float]:
+    """Publish stock changes 1, 2, 3 fifty milliseconds apart (a stampede's commits) to a room
+    whose streams take `writes_s` to write each tick, and `stalled` more that never come back
+    for the next; when each tick reached the streams."""
+    feed = RoomFeed("room-1", cast(Store, _EmptyStore()), 0, 16, stock_interval=0.05)
+    feed.subscribers = streams + stalled
+    woken: list[tuple[float, int]] = []
+    last = asyncio.Event()
+    tasks = [asyncio.ensure_future(_stream(feed, writes_s, woken, last)) for _ in range(streams)]
+    await asyncio.sleep(0.05)
+    for sequence in (1, 2, 3):
+        feed.notify(sequence, lifecycle=False)
+        await asyncio.sleep(0.05)
+    await asyncio.wait_for(last.wait(), 5)
+    for task in tasks:
+        task.cancel()
+    first: dict[int, float] = {}
+    for at, published in woken:
+        first.setdefault(published, at)
+    return [first[p] for p in sorted(first)]
+
+
+async def test_a_stock_tick_waits_for_the_last_one_to_be_written_then_rests_as_long() -> None:
+    ticks = await _ticks(streams=20, stalled=0, writes_s=0.3)
+    assert len(ticks) == 2  # the first change at once; 2 and 3 coalesced into the next tick
+    gap = ticks[1] - ticks[0]
+    # Written in 0.3 s, then as long again: ~0.6 s, neither at once nor the 2 s maximum.
+    assert 0.55 <= gap < 1.5, gap
+
+
+async def test_a_few_stalled_streams_do_not_hold_the_tick_and_many_hold_it_two_seconds() -> None:
+    few = await _ticks(streams=20, stalled=1, writes_s=0.1)  # 1 in 20 may stall
+    assert few[1] - few[0] < 1.0, few
+    many = await _ticks(streams=20, stalled=4, writes_s=0.1)
+    assert STOCK_MAX_DEFER_S - 0.1 <= many[1] - many[0] < STOCK_MAX_DEFER_S + 0.5, many
