@@ -104,9 +104,7 @@ class Bench:
         pool_id, earlier = self.hot_pools[round_no]
         if fresh:
             name = "soldout_fresh"
-            viewers = [
-                f"soldout-r{round_no}-v{i}" for i in range(self.sizes.soldout_fresh_grabs)
-            ]
+            viewers = [f"soldout-r{round_no}-v{i}" for i in range(self.sizes.soldout_fresh_grabs)]
         else:
             # In `hot`'s order, so each viewer lands on the load process that holds its token.
             name = "soldout"
