@@ -261,9 +261,12 @@ class GrantDesk:
                 await tx.update_pools([decided.pools[p] for p in sorted(decided.changed)])
                 await tx.insert_coupons(decided.coupons)
                 await tx.put_answers(decided.answers, decided.now)
+                # Stamped now, the last statements before the commit: an event's time is when
+                # the change was committed, and under load each round trip above can wait a
+                # while in the event loop's queue.
                 await tx.append_events_many(
                     {room: _coalesce(drafts) for room, drafts in decided.events.items()},
-                    decided.now,
+                    self._ctx.clock(),
                 )
         except DomainError as exc:
             self._fail(batch, exc)
