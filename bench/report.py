@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bench.cycles import GROWTH_LIMIT_MIB, CyclesResult
 from bench.gate import GateResult
 from bench.scenarios import ORDER, ScenarioRun
 from bench.sizes import Sizes
@@ -52,6 +53,7 @@ def summarise(
     wall_s: float,
     warmup: GateResult,
     subscribed: SubscribeResult,
+    cycled: CyclesResult,
     db: str = "sqlite",
 ) -> tuple[str, dict[str, Any]]:
     """The table (text) and the summary object (`db`: the backend the bench servers ran on)."""
@@ -92,8 +94,9 @@ def summarise(
         "oversold": overall.oversold,
         "duplicate_grants": overall.duplicate_grants,
         **subscribed.summary(),
-        "gate_ok": overall.ok and subscribed.ok,
-        "gate_failures": [*overall.failures[:20], *subscribed.failures[:5]],
+        **cycled.summary(),
+        "gate_ok": overall.ok and subscribed.ok and cycled.ok,
+        "gate_failures": [*overall.failures[:20], *subscribed.failures[:5], *cycled.failures[:5]],
         "rounds": rounds,
         "rounds_planned": sizes.rounds,
         "quick": sizes.quick,
@@ -101,6 +104,7 @@ def summarise(
         "sizes": dataclasses.asdict(sizes),
         "scenarios": scenarios,
         "subscribe": dataclasses.asdict(subscribed),
+        "cycles_detail": dataclasses.asdict(cycled),
     }
     return _table(scenarios, summary), summary
 
@@ -138,6 +142,12 @@ def _table(scenarios: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any
         f"{sub['events_delivered']} events delivered ({sub['events_in_store']} in the store), "
         f"lost {sub['events_lost']} dup {sub['events_duplicated']} "
         f"out-of-order {sub['events_out_of_order']} lagging snapshots {sub['snapshots_lagging']}"
+    )
+    cyc = summary["cycles_detail"]
+    lines.append(
+        f"cycles: {cyc['cycles']} of {cyc['cycles_target']} subscribe/cancel cycles "
+        f"({cyc['cycles_per_s']}/s), server RSS grew {cyc['cycles_rss_growth_mib']} MiB "
+        f"(limit {GROWTH_LIMIT_MIB}), open streams after: {cyc['cycles_open_streams']}"
     )
     lines.append("")
     lines.append(

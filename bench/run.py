@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from bench import multi, report, subscribe
+from bench import cycles, multi, report, subscribe
 from bench.gate import GateResult
 from bench.loadgen import LoadGenerator
 from bench.provision import Provisioner
@@ -20,7 +20,7 @@ from bench.scenarios import ORDER, Bench, ScenarioRun
 from bench.server_process import ServerProcess
 from bench.sizes import Sizes, sizes_from_env
 
-SHUTDOWN_S = 10.0
+SHUTDOWN_S = 5.0
 """Time kept for stopping the servers and printing, out of the budget."""
 
 
@@ -60,6 +60,12 @@ def main() -> int:
         for line in subscribed.per_event:
             _log(f"subscribe: {line}")
         _log(f"subscribe: {subscribed.summary()} gate {'ok' if subscribed.ok else 'FAIL'}")
+        _log(f"cycles: {sizes.cycles} subscribe/cancel cycles")
+        cycled = cycles.run(work, token_key, sizes.cycles, sizes.load_processes)
+        _log(
+            f"cycles: {cycled.summary()} at {cycled.cycles_per_s}/s "
+            f"gate {'ok' if cycled.ok else 'FAIL'}"
+        )
         aborted = False
     except KeyboardInterrupt:
         _log("interrupted: stopping the servers and the load processes")
@@ -88,6 +94,7 @@ def main() -> int:
         time.perf_counter() - started,
         warmup,
         subscribed,
+        cycled,
         db="postgres" if postgres else "sqlite",
     )
     print(table)
@@ -123,8 +130,8 @@ def _rounds(
         longest = 0.0
         for round_no in range(1, sizes.rounds + 1):
             elapsed = time.perf_counter() - started
-            budget = sizes.budget_s - sizes.subscribe_reserve_s
-            if round_no > 1 and elapsed + 1.2 * longest + SHUTDOWN_S > budget:
+            budget = sizes.budget_s - sizes.subscribe_reserve_s - sizes.cycles_reserve_s
+            if round_no > 1 and elapsed + 1.1 * longest + SHUTDOWN_S > budget:
                 _log(f"stopping after {round_no - 1} round(s): the time budget is spent")
                 return runs, warmup, round_no - 1
             round_start = time.perf_counter()

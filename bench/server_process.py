@@ -36,9 +36,18 @@ class ServerProcess:
     """The real server as its own process; `stop()` sends SIGTERM, `kill()` is the fallback."""
 
     def __init__(
-        self, name: str, data_dir: Path, token_key: str, *, batching: bool, database_url: str = ""
+        self,
+        name: str,
+        data_dir: Path,
+        token_key: str,
+        *,
+        batching: bool,
+        database_url: str = "",
+        metrics_port: int = 0,
     ) -> None:
         self.name = name
+        self.metrics_port = metrics_port
+        """Where the server serves /metrics (0: not at all)."""
         self.database_url = database_url
         """A PostgreSQL URL the server uses instead of its SQLite file (several may share it)."""
         self.data_dir = data_dir
@@ -78,7 +87,9 @@ class ServerProcess:
             "--log-level",
             "WARNING",
             "--metrics-port",
-            "0",
+            str(self.metrics_port),
+            "--metrics-host",
+            "127.0.0.1",
             "--shutdown-grace-seconds",
             "5",
             "--allocation-batching",

@@ -31,8 +31,12 @@ class Sizes:
     subscribers: int = 10_000
     """Room streams of the `subscribe` scenario (run once, after the rounds)."""
     subscribe_grabs: int = 3_000
-    subscribe_reserve_s: float = 45.0
-    """Seconds of the budget kept for the `subscribe` scenario."""
+    subscribe_reserve_s: float = 30.0
+    """Seconds of the budget kept for the `subscribe` scenario (~20-25 s here)."""
+    cycles: int = 100_000
+    """Subscribe/cancel cycles of the `cycles` scenario (run once, last)."""
+    cycles_reserve_s: float = 80.0
+    """Seconds of the budget kept for the `cycles` scenario (~70 s here)."""
     load_processes: int = 2
     channels_per_process: int = 4
     call_timeout_s: float = 120.0
@@ -52,7 +56,7 @@ FULL = Sizes(
     spread_per_pool=50,
     burst_calls=5_000,
     warmup_calls=2_000,
-    budget_s=270.0,
+    budget_s=290.0,
 )
 
 QUICK = Sizes(
@@ -70,6 +74,8 @@ QUICK = Sizes(
     subscribers=200,
     subscribe_grabs=100,
     subscribe_reserve_s=0.0,
+    cycles=1_000,
+    cycles_reserve_s=0.0,
     call_timeout_s=30.0,
 )
 

@@ -285,7 +285,7 @@ def run(
         setup.close()
         assert server.proc is not None
         pid = server.proc.pid
-        rss_before = _rss(pid)
+        rss_before = rss(pid)
         t0 = time.perf_counter()
         token = mint_token("bench-watcher", "viewer", key=token_key)
         shares = [
@@ -305,7 +305,7 @@ def run(
         ready = [_expect(c, "ready") for c in conns]
         result.subscribe_s = round(time.perf_counter() - t0, 2)
         subscribed = int(sum(ready))
-        rss_all = _rss(pid)
+        rss_all = rss(pid)
         if subscribed:
             result.rss_per_subscriber_kb = round((rss_all - rss_before) / subscribed / 1024, 2)
         asyncio.run(_changes(server.target, token_key, room_id, pool_a, grabs))
@@ -352,7 +352,7 @@ def run(
     return result
 
 
-def _rss(pid: int) -> int:
+def rss(pid: int) -> int:
     """Resident memory of a process in bytes (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -30,6 +30,9 @@ KEYS = (
     "events_lost",
     "events_duplicated",
     "events_out_of_order",
+    "cycles",
+    "cycles_rss_growth_mib",
+    "cycles_open_streams",
 )
 
 
@@ -66,6 +69,8 @@ async def test_quick_bench_runs_every_scenario_and_its_gate_passes(db: str) -> N
     assert summary["events_out_of_order"] == 0
     assert sub["events_delivered"] >= sub["subscribers_target"], "every stream got events"
     assert summary["db"] == db
+    assert summary["cycles"] == summary["cycles_detail"]["cycles_target"] > 0
+    assert summary["cycles_open_streams"] == 0
     if db == "postgres":
         assert summary["pg_hot_vs_noop"] > 0 and summary["multi_vs_single"] > 0
         multi = summary["scenarios"]["multi"]  # 3 processes, each retry on another one
