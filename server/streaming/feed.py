@@ -130,6 +130,7 @@ class RoomFeed:
         self._stock_pending = False
         # When the streams had all written the last publish (None: not yet).
         self._drained_at: float | None = None
+        self._last_was_tick = False  # whether the last publish was a stock tick
         self._heartbeats = _HeartbeatWheel()
         # Coalesced batches by cursor, for the current `published`: one per room, not per stream.
         self._batches: dict[int, list[RoomEvent]] = {}
@@ -145,7 +146,7 @@ class RoomFeed:
             return
         self.known_last = sequence
         if lifecycle or self._stock_interval <= 0:
-            self._publish()
+            self._publish(tick=False)
             return
         self._stock_pending = True
         if self._timer is None:
@@ -155,9 +156,9 @@ class RoomFeed:
 
     def _stock_due(self) -> None:
         """A stock tick may be due. Each tick costs a write per stream, so a tick waits until
-        the room's streams have written the last publish, and then as long again as that
-        took (ticks to a big room take at most about half the server's time, leaving the
-        rest to grabs and lifecycle events); at the latest STOCK_MAX_DEFER_S after it. A
+        the room's streams have written the last publish, and after a tick as long again as
+        that took (ticks to a big room take at most about half the server's time, leaving
+        the rest to grabs and lifecycle events); at the latest STOCK_MAX_DEFER_S after it. A
         small room writes at once: its ticks come every stock interval."""
         self._timer = None
         if not self._stock_pending:
@@ -166,10 +167,12 @@ class RoomFeed:
         last = self._last_publish
         due = last + STOCK_MAX_DEFER_S
         if self._drained_at is not None:
-            rested = self._drained_at + (self._drained_at - last)
+            rested = self._drained_at
+            if self._last_was_tick:  # never tick after tick: grabs get their share
+                rested += self._drained_at - last
             due = max(last + self._stock_interval, min(rested, due))
         if loop.time() >= due:
-            self._publish()
+            self._publish(tick=True)
         else:
             self._timer = loop.call_at(due, self._stock_due)
 
@@ -177,7 +180,8 @@ class RoomFeed:
         # Streams waiting for news have written everything; a few stalled phones do not count.
         return len(self._waiters) >= self.subscribers - self.subscribers // 20
 
-    def _publish(self) -> None:
+    def _publish(self, *, tick: bool) -> None:
+        self._last_was_tick = tick
         self._stock_pending = False
         if self._timer is not None:
             self._timer.cancel()

@@ -132,10 +132,13 @@ async def _stream(
         await asyncio.sleep(writes_s)
 
 
-async def _ticks(streams: int, stalled: int, writes_s: float) -> list[float]:
+async def _ticks(
+    streams: int, stalled: int, writes_s: float, *, opened: bool = False
+) -> list[float]:
     """Publish stock changes 1, 2, 3 fifty milliseconds apart (a stampede's commits) to a room
     whose streams take `writes_s` to write each tick, and `stalled` more that never come back
-    for the next; when each tick reached the streams."""
+    for the next; when each tick reached the streams. `opened`: change 1 is a lifecycle
+    event (the pool opening), the others stock changes."""
     feed = RoomFeed("room-1", cast(Store, _EmptyStore()), 0, 16, stock_interval=0.05)
     feed.subscribers = streams + stalled
     woken: list[tuple[float, int]] = []
@@ -143,7 +146,7 @@ async def _ticks(streams: int, stalled: int, writes_s: float) -> list[float]:
     tasks = [asyncio.ensure_future(_stream(feed, writes_s, woken, last)) for _ in range(streams)]
     await asyncio.sleep(0.05)
     for sequence in (1, 2, 3):
-        feed.notify(sequence, lifecycle=False)
+        feed.notify(sequence, lifecycle=opened and sequence == 1)
         await asyncio.sleep(0.05)
     await asyncio.wait_for(last.wait(), 5)
     for task in tasks:
@@ -167,3 +170,9 @@ async def test_a_few_stalled_streams_do_not_hold_the_tick_and_many_hold_it_two_s
     assert few[1] - few[0] < 1.0, few
     many = await _ticks(streams=20, stalled=4, writes_s=0.1)
     assert STOCK_MAX_DEFER_S - 0.1 <= many[1] - many[0] < STOCK_MAX_DEFER_S + 0.5, many
+
+
+async def test_after_a_lifecycle_event_the_tick_goes_once_it_is_written_without_a_rest() -> None:
+    ticks = await _ticks(streams=20, stalled=0, writes_s=0.3, opened=True)
+    gap = ticks[1] - ticks[0]
+    assert 0.28 <= gap < 0.5, gap  # written in 0.3 s; a rest comes only after a tick
