@@ -3,8 +3,8 @@
 A server of its own gets `cycles` subscribe/cancel cycles from the spawned subscriber
 processes: each cycle opens a `StreamAllocationInfo` stream, reads its snapshot and cancels
 it, up to CYCLES_IN_FLIGHT at once per process. After a warm-up (allocators and caches), the
-bench compares the server's RSS before and after the cycles and reads the open-streams gauge
-from its /metrics: a stream ended by cancellation must leave nothing behind.
+bench compares the server's RSS before, halfway through and after the cycles, and reads the
+open-streams gauge from its /metrics: a stream ended by cancellation must leave nothing behind.
 """
 
 from __future__ import annotations
@@ -34,7 +34,12 @@ CYCLES_IN_FLIGHT = 100
 WARMUP_CYCLES = 10_000
 GROWTH_LIMIT_MIB = 5.0
 _METHOD = "/liveresource.v1.ResourceAllocationService/StreamAllocationInfo"
-KEYS = ("cycles", "cycles_rss_growth_mib", "cycles_open_streams")
+KEYS = (
+    "cycles",
+    "cycles_rss_growth_mib",
+    "cycles_rss_growth_second_half_mib",
+    "cycles_open_streams",
+)
 
 
 @dataclass(kw_only=True)
@@ -44,6 +49,9 @@ class CyclesResult:
     cycles_target: int
     cycles: int = 0
     cycles_rss_growth_mib: float = 0.0
+    cycles_rss_growth_second_half_mib: float = 0.0
+    """Growth over the second half of the cycles only: a leak grows in both halves alike,
+    the allocator's high-water mark only in the first."""
     cycles_open_streams: int = -1
     cycles_per_s: float = 0.0
     failures: list[str] = field(default_factory=list)
@@ -150,12 +158,18 @@ def run(work: Path, token_key: str, cycles: int, processes: int) -> CyclesResult
         assert server.proc is not None
         before = rss(server.proc.pid)
         started = time.perf_counter()
-        done, errors = _in_parallel(conns, cycles)
+        done, errors = _in_parallel(conns, cycles // 2)
+        halfway = rss(server.proc.pid)
+        more, errors_after = _in_parallel(conns, cycles - cycles // 2)
+        done += more
+        errors = [*errors, *errors_after][:5]
         elapsed = time.perf_counter() - started
         time.sleep(1.0)  # cancellations still in flight reach the server
         result.cycles = done
         result.cycles_per_s = round(done / elapsed, 1) if elapsed > 0 else 0.0
-        result.cycles_rss_growth_mib = round((rss(server.proc.pid) - before) / 2**20, 2)
+        after = rss(server.proc.pid)
+        result.cycles_rss_growth_mib = round((after - before) / 2**20, 2)
+        result.cycles_rss_growth_second_half_mib = round((after - halfway) / 2**20, 2)
         result.cycles_open_streams = _open_streams(server.metrics_port)
         result.failures.extend(errors)
     except Exception as exc:  # reported in the gate, the bench goes on to print

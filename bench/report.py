@@ -147,7 +147,8 @@ def _table(scenarios: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any
     lines.append(
         f"cycles: {cyc['cycles']} of {cyc['cycles_target']} subscribe/cancel cycles "
         f"({cyc['cycles_per_s']}/s), server RSS grew {cyc['cycles_rss_growth_mib']} MiB "
-        f"(limit {GROWTH_LIMIT_MIB}), open streams after: {cyc['cycles_open_streams']}"
+        f"(limit {GROWTH_LIMIT_MIB}; {cyc['cycles_rss_growth_second_half_mib']} MiB over the "
+        f"second half), open streams after: {cyc['cycles_open_streams']}"
     )
     lines.append("")
     lines.append(
