@@ -44,9 +44,7 @@ from server.domain.models import (
     EventKind,
     Outcome,
     Pool,
-    Principal,
 )
-from server.service.allocate import check_grab
 from server.service.context import ServiceContext
 from server.service.ids import new_coupon_code, new_coupon_id
 from server.service.shielding import finish_even_if_cancelled
@@ -138,14 +136,6 @@ class GrantDesk:
             return None
         view = self._views.get(pool_id)
         return None if view is None else self._refusal(view, key, k)
-
-    async def allocate(
-        self, principal: Principal, key: IdempotencyKey, pool_id: str
-    ) -> AllocationResult:
-        """Grant the viewer a coupon or say why not; see the module docstring."""
-        check_grab(principal, key, pool_id)
-        answer = self.answer_now(key, pool_id)
-        return answer if answer is not None else await self.decide(key, pool_id)
 
     async def decide(self, key: IdempotencyKey, pool_id: str) -> AllocationResult:
         """The answer to a checked grab that `answer_now` could not give: the grab already
