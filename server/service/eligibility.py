@@ -1,7 +1,8 @@
 """Decides who may grab from pools with an eligibility rule, for Allocate and room streams.
 
 A pool's rule and its room's streamer and linked shops never change once created, so they
-are read from the store once and kept (bounded); a pool without a rule costs a dict lookup.
+are read from the store once (once for all the grabs that ask at the same time) and kept
+(bounded); a pool without a rule costs a dict lookup.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from server.domain import eligibility as rules
 from server.domain.eligibility import Eligibility, Missing, PoolEligibility
 from server.domain.models import AllocationResult, Outcome, Pool, Principal, Role
 from server.service.context import ServiceContext
+from server.service.single_flight import SingleFlight
 from server.service.watch import WatchJournal, WatchTracker
 from server.store.interface import IdempotencyKey
 
@@ -39,10 +41,16 @@ class EligibilityDesk:
         """Set when other processes share the database: their viewers' sessions count too."""
         self._rules: OrderedDict[str, tuple[Eligibility, str] | None] = OrderedDict()
         self._rooms: OrderedDict[str, tuple[str, frozenset[str]]] = OrderedDict()
+        # A stampede on a pool not cached yet reads it once, not once per grab.
+        self._rule_loads: SingleFlight[str, tuple[Eligibility, str] | None] = SingleFlight()
+        self._room_loads: SingleFlight[str, tuple[str, frozenset[str]]] = SingleFlight()
 
     async def _rule(self, pool_id: str) -> tuple[Eligibility, str] | None:
         if pool_id in self._rules:
             return self._rules[pool_id]
+        return await self._rule_loads.do(pool_id, lambda: self._load_rule(pool_id))
+
+    async def _load_rule(self, pool_id: str) -> tuple[Eligibility, str] | None:
         async with self._ctx.store.transaction(write=False) as tx:
             pool = await tx.get_pool(pool_id)
         if pool is None:
@@ -54,11 +62,15 @@ class EligibilityDesk:
     async def _room(self, room_id: str) -> tuple[str, frozenset[str]]:
         known = self._rooms.get(room_id)
         if known is None:
-            async with self._ctx.store.transaction(write=False) as tx:
-                room = await tx.get_room(room_id)
-            assert room is not None, "a pool's room is never deleted"
-            known = (room.streamer_id, frozenset(s.shop_id for s in room.linked_shops))
-            _bounded_put(self._rooms, room_id, known)
+            known = await self._room_loads.do(room_id, lambda: self._load_room(room_id))
+        return known
+
+    async def _load_room(self, room_id: str) -> tuple[str, frozenset[str]]:
+        async with self._ctx.store.transaction(write=False) as tx:
+            room = await tx.get_room(room_id)
+        assert room is not None, "a pool's room is never deleted"
+        known = (room.streamer_id, frozenset(s.shop_id for s in room.linked_shops))
+        _bounded_put(self._rooms, room_id, known)
         return known
 
     async def _missing(

@@ -48,6 +48,7 @@ from server.domain.models import (
 from server.service.context import ServiceContext
 from server.service.ids import new_coupon_code, new_coupon_id
 from server.service.shielding import finish_even_if_cancelled
+from server.service.single_flight import SingleFlight
 from server.store import codec
 from server.store.interface import IdempotencyKey, NewCoupon, StoredAnswer, Transaction
 
@@ -114,7 +115,7 @@ class GrantDesk:
         # Oldest first; an OrderedDict evicts in O(1) (a dict's `next(iter())` does not).
         self._recent: OrderedDict[Key, tuple[str, AllocationResult]] = OrderedDict()
         self._views: dict[str, PoolView] = {}
-        self._loading: dict[str, asyncio.Future[PoolView | None]] = {}
+        self._loading: SingleFlight[str, PoolView | None] = SingleFlight()
         # Bumped by invalidate(): a batch that started before a configuration change must
         # not put its (older) view of the pool back.
         self._epochs: dict[str, int] = {}
@@ -197,13 +198,8 @@ class GrantDesk:
         view = self._views.get(pool_id)
         if view is not None:
             return view
-        loading = self._loading.get(pool_id)
-        if loading is None:
-            # One load per pool however many grabs arrive at once.
-            loading = asyncio.ensure_future(self._load(pool_id))
-            self._loading[pool_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(pool_id, None))
-        return await asyncio.shield(loading)
+        # One load per pool however many grabs arrive at once.
+        return await self._loading.do(pool_id, lambda: self._load(pool_id))
 
     async def _load(self, pool_id: str) -> PoolView | None:
         epoch = self._epochs.get(pool_id, 0)
