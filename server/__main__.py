@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import gc
 import io
 import logging
-import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -28,25 +25,6 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
-
-
-_M_ARENA_MAX = -8  # glibc <malloc.h>
-MALLOC_ARENAS = 2
-
-
-def limit_malloc_arenas() -> bool:
-    """Two malloc arenas instead of glibc's eight per core: grpcio's threads, SQLite's and
-    the event loop's otherwise each fragment arenas of their own, and a long-running server
-    keeps the fragments (100,000 subscribe/cancel cycles grew RSS by 3.1-4.4 MiB, with two
-    arenas by 2.4-3.0). Done before any thread starts; MALLOC_ARENA_MAX, if set, wins.
-    True when the limit was set."""
-    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_ARENA_MAX, MALLOC_ARENAS))
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return False
 
 
 def dump_tasks() -> None:
@@ -77,7 +55,6 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `liveresource-server` and `make run`."""
-    limit_malloc_arenas()
     args = sys.argv[1:] if argv is None else argv
     settings = load_settings(args)
     logging.basicConfig(
