@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -91,6 +92,54 @@ _PG_MAX_PARAMETERS = 30_000  # below PostgreSQL's 32,767 bind parameters per sta
 
 def _chunks(items: list[Any], size: int = _CHUNK) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+_PAIR_CHUNK = 2_000  # keys per statement (they travel as one parameter)
+
+
+class _PairLookup:
+    """Rows of a table matching any of many (a, b) key pairs, one index probe per pair.
+
+    The pairs travel as one parameter (a JSON array on SQLite, two arrays on PostgreSQL),
+    so the statement text is the same for every call. Neither `a IN (...)` on the first
+    key column (it reads every row of each `a`: a viewer's whole history) nor a row-value
+    IN (SQLite scanned the table) scales with the table.
+    """
+
+    def __init__(
+        self, columns: tuple[str, ...], table: Table, match: tuple[str, str], tail: str = ""
+    ) -> None:
+        a, b = (table.c[name].name for name in match)  # KeyError on a name it does not have
+        picked = ", ".join(name if "(" in name else f"t.{table.c[name].name}" for name in columns)
+        table_name = table.name
+        # CROSS JOIN: SQLite keeps the pairs as the outer loop and probes the table's index.
+        self._sqlite = text(
+            f"SELECT {picked} FROM json_each(:pairs) AS w CROSS JOIN {table_name} AS t "
+            f"WHERE t.{a} = json_extract(w.value, '$[0]') "
+            f"AND t.{b} = json_extract(w.value, '$[1]') {tail}"
+        )
+        self._postgres = text(
+            f"SELECT {picked} FROM unnest(CAST(:a AS text[]), CAST(:b AS text[])) AS w(a, b) "
+            f"JOIN {table_name} AS t ON t.{a} = w.a AND t.{b} = w.b {tail}"
+        )
+
+    def statement(self, postgres: bool, pairs: Sequence[tuple[str, str]]) -> tuple[Any, Any]:
+        if postgres:
+            return self._postgres, {"a": [p[0] for p in pairs], "b": [p[1] for p in pairs]}
+        return self._sqlite, {"pairs": json.dumps(pairs)}
+
+
+_ANSWERS = _PairLookup(
+    ("subject", "request_id", "method", "fingerprint", "result"),
+    idempotency,
+    ("subject", "request_id"),
+)
+_GRANT_COUNTS = _PairLookup(
+    ("pool_id", "viewer_id", "count(*)"),
+    coupons,
+    ("pool_id", "viewer_id"),
+    "GROUP BY t.pool_id, t.viewer_id",
+)
 
 
 def _update_from_values(
@@ -211,23 +260,13 @@ class SqlTransaction:
     async def get_answers(
         self, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], StoredAnswer]:
-        # `subject IN (...)` searches the primary key's first column; the few answers of
-        # each caller are then matched here (a row-value IN made SQLite scan the table).
-        wanted = set(keys)
+        # One primary-key probe per key: a viewer's earlier answers are not read, however
+        # many there are (see _PairLookup).
         found: dict[tuple[str, str], StoredAnswer] = {}
-        for chunk in _chunks(sorted({subject for subject, _ in wanted})):
-            rows = await self._conn.execute(
-                select(
-                    idempotency.c.subject,
-                    idempotency.c.request_id,
-                    idempotency.c.method,
-                    idempotency.c.fingerprint,
-                    idempotency.c.result,
-                ).where(idempotency.c.subject.in_(chunk))
-            )
+        for chunk in _chunks(sorted(set(keys)), _PAIR_CHUNK):
+            rows = await self._conn.execute(*_ANSWERS.statement(self._postgres, chunk))
             for subject, request_id, method, fingerprint, result in rows:
-                if (subject, request_id) in wanted:
-                    found[(subject, request_id)] = StoredAnswer(method, fingerprint, result)
+                found[(subject, request_id)] = StoredAnswer(method, fingerprint, result)
         return found
 
     async def get_room(self, room_id: str) -> Room | None:
@@ -380,18 +419,13 @@ class SqlTransaction:
     async def count_grants_many(
         self, pairs: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], int]:
-        # `viewer_id IN (...)` searches the viewer index (a viewer holds few coupons), one
-        # query for every pool of the batch; a row-value IN over (pool, viewer) made SQLite
-        # scan the table.
-        wanted = set(pairs)
+        # Probes the (pool, viewer, slot) index per pair: a viewer's coupons of other pools
+        # are not read, however many there are.
         found: dict[tuple[str, str], int] = {}
-        for chunk in _chunks(sorted({viewer_id for _, viewer_id in wanted})):
-            rows = await self._conn.execute(
-                select(coupons.c.pool_id, coupons.c.viewer_id).where(coupons.c.viewer_id.in_(chunk))
-            )
-            for pool_id, viewer_id in rows:
-                if (pool_id, viewer_id) in wanted:
-                    found[(pool_id, viewer_id)] = found.get((pool_id, viewer_id), 0) + 1
+        for chunk in _chunks(sorted(set(pairs)), _PAIR_CHUNK):
+            rows = await self._conn.execute(*_GRANT_COUNTS.statement(self._postgres, chunk))
+            for pool_id, viewer_id, count in rows:
+                found[(pool_id, viewer_id)] = count
         return found
 
     async def granted_keys(self, pool_id: str) -> list[tuple[str, str]]:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -38,7 +39,8 @@ from server.domain.models import (
     Target,
     Validity,
 )
-from server.store.interface import EventBounds, NewCoupon
+from server.store import sql_store
+from server.store.interface import EventBounds, IdempotencyKey, NewCoupon, StoredAnswer
 from server.store.migrate import alembic_config
 from server.store.sql_store import SqlStore
 
@@ -295,6 +297,72 @@ async def test_coupon_round_trips_with_its_pool_terms(store: SqlStore) -> None:
         assert await tx.get_coupon_by_code(coupon.code) == coupon
         assert await tx.count_grants("pool-1", "viewer-1") == 1
         assert await tx.count_grants("pool-1", "viewer-2") == 0
+
+
+async def test_get_answers_finds_exactly_the_asked_keys_among_each_callers_history(
+    store: SqlStore,
+) -> None:
+    history = [
+        (IdempotencyKey(subject, f"r{i}", "Allocate", f"pool-{i}"), f"{subject}-answer-{i}")
+        for subject, count in (("viewer-1", 40), ("viewer-2", 3))
+        for i in range(count)
+    ]
+    async with store.transaction(write=True) as tx:
+        await tx.put_answers(history, NOW)
+    asked = [("viewer-1", "r7"), ("viewer-1", "r99"), ("viewer-2", "r2"), ("viewer-3", "r7")]
+    async with store.transaction(write=False) as tx:
+        found = await tx.get_answers(asked * 2)  # asking twice for a key is asking once
+    assert found == {
+        ("viewer-1", "r7"): StoredAnswer("Allocate", "pool-7", "viewer-1-answer-7"),
+        ("viewer-2", "r2"): StoredAnswer("Allocate", "pool-2", "viewer-2-answer-2"),
+    }
+
+
+async def test_count_grants_many_counts_each_asked_pool_and_viewer_only(store: SqlStore) -> None:
+    await seed(store, "room-1", "room-2")
+    pool_1, pool_2 = make_pool(), make_pool("pool-room-2", "room-2")
+    grants = [
+        NewCoupon(
+            make_coupon(f"c{n}", viewer, pool_id=pool.pool_id, room_id=pool.room_id),
+            f"req-{n}",
+            slot,
+            2,
+        )
+        for n, (pool, viewer, slot) in enumerate(
+            [
+                (pool_1, "viewer-1", 1),
+                (pool_1, "viewer-1", 2),
+                (pool_2, "viewer-1", 1),
+                (pool_1, "viewer-2", 1),
+            ]
+        )
+    ]
+    async with store.transaction(write=True) as tx:
+        await tx.insert_coupons(grants)
+    asked = [("pool-1", "viewer-1"), ("pool-room-2", "viewer-1"), ("pool-room-2", "viewer-2")]
+    async with store.transaction(write=False) as tx:
+        counts = await tx.count_grants_many(asked)
+    assert counts == {("pool-1", "viewer-1"): 2, ("pool-room-2", "viewer-1"): 1}
+
+
+async def test_keyed_lookups_probe_an_index_per_key_not_a_viewers_history(
+    tmp_path: Path,
+) -> None:
+    """SQLite's plan: the keys drive the loop, each one an index search on both columns.
+    (`viewer IN (...)` would read every earlier answer and coupon of each viewer.)
+    PostgreSQL plans by its statistics; its results are checked by the tests above."""
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'plan.db'}")
+    await store.start()
+    plans = {}
+    for name, lookup in (("answers", sql_store._ANSWERS), ("grants", sql_store._GRANT_COUNTS)):
+        statement, params = lookup.statement(False, [("a", "b"), ("c", "d")])
+        rows = await raw_rows(store, "EXPLAIN QUERY PLAN " + statement.text, **params)
+        plans[name] = [row[-1] for row in rows]
+    assert plans["answers"][0].startswith("SCAN w VIRTUAL TABLE")
+    assert "(subject=? AND request_id=?)" in plans["answers"][1]
+    assert plans["grants"][0].startswith("SCAN w VIRTUAL TABLE")
+    assert "(pool_id=? AND viewer_id=?)" in plans["grants"][1]
+    await store.close()
 
 
 # --- the outbox -------------------------------------------------------------------------
