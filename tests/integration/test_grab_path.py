@@ -26,6 +26,7 @@ from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as svc_grpc
 from server.store.interface import Store, Transaction
 from tests.conftest import ServerHandle, launch
+from tests.integration.test_stream import raw_stream, read_non_heartbeat
 from tests.support import TOKEN_KEY, fixed_pool, new_request_id, room_message, unique
 
 Factory = Callable[..., AsyncLiveResourceClient]
@@ -78,6 +79,13 @@ async def count_rows(handle: ServerHandle, sql: str, **params: object) -> Any:
 
 
 async def open_room(handle: ServerHandle, factory: Factory, total: int, limit: int = 1) -> str:
+    return (await open_room_ids(handle, factory, total, limit))[1]
+
+
+async def open_room_ids(
+    handle: ServerHandle, factory: Factory, total: int, limit: int = 1
+) -> tuple[str, str]:
+    """A new room with one open pool: (room_id, pool_id)."""
     room_id, streamer_id = unique("room"), unique("streamer")
     await factory("platform", "p", target=handle.target).register_room(
         room_message(room_id, streamer_id)
@@ -86,7 +94,7 @@ async def open_room(handle: ServerHandle, factory: Factory, total: int, limit: i
     created = await streamer.configure_resources(
         room_id, create_pool=fixed_pool(room_id, total=total, limit=limit)
     )
-    return created.pool.pool_id
+    return room_id, created.pool.pool_id
 
 
 @pytest.fixture
@@ -161,6 +169,36 @@ async def test_a_commit_that_fails_mid_batch_loses_nothing_and_grants_once_on_re
         p=pool_id,
     )
     assert tuple(pool_row) == (30, 0, 30)
+
+
+async def test_a_grant_batch_that_rolls_back_publishes_nothing_to_the_room(
+    flaky: tuple[ServerHandle, FlakyStore], client_factory: Factory
+) -> None:
+    handle, store = flaky
+    room_id, pool_id = await open_room_ids(handle, client_factory, total=10)
+    channel, call = await raw_stream(handle.target, room_id)
+    try:
+        snapshot = (await read_non_heartbeat(call)).snapshot
+        first, second = (
+            client_factory("viewer", unique("rollback"), target=handle.target, retry=NO_RETRY)
+            for _ in range(2)
+        )
+        request_id = new_request_id()
+        store.fail_writes = 1
+        with pytest.raises(UnavailableError):
+            await first.allocate(pool_id, request_id=request_id)
+        # The retry commits, then another viewer's grab: the room hears of exactly these
+        # two, numbered right after its snapshot; the rolled-back batch left no event.
+        retried = await first.allocate(pool_id, request_id=request_id)
+        assert retried.outcome == svc.ALLOCATION_OUTCOME_GRANTED
+        assert (await second.allocate(pool_id)).outcome == svc.ALLOCATION_OUTCOME_GRANTED
+        events = [(await read_non_heartbeat(call)).event for _ in range(2)]
+        assert [(e.sequence, e.stock_changed.remaining_quantity) for e in events] == [
+            (snapshot.sequence + 1, 9),
+            (snapshot.sequence + 2, 8),
+        ]
+    finally:
+        await channel.close()
 
 
 async def test_restart_with_an_open_pool_reloads_its_state_and_goes_on(
