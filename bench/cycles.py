@@ -36,6 +36,11 @@ WARMUP_CYCLES = 30_000
 growing at the same pace): after 10,000 warm-up cycles, 100,000 more grew it by 3.1-5.8 MiB,
 0.5-1.6 of it in their second half; after 30,000 warm-up cycles, by 0.35 and 1.58 MiB."""
 GROWTH_LIMIT_MIB = 5.0
+RSS_GATED_FROM = 50_000
+"""Runs of fewer cycles (the quick bench) report the RSS growth but are not gated on it: over a
+thousand cycles it measures a step of the allocator, not a leak (1,000 cycles grew 3.4 MiB in
+one run, 6.0 MiB in another even after 5,000 warm-up cycles). The memory test of the suite
+(tests/integration/test_stream_scale.py) measures windows long enough to tell."""
 _METHOD = "/liveresource.v1.ResourceAllocationService/StreamAllocationInfo"
 KEYS = (
     "cycles",
@@ -64,7 +69,9 @@ class CyclesResult:
         return (
             not self.failures
             and self.cycles == self.cycles_target
-            and self.cycles_rss_growth_mib < GROWTH_LIMIT_MIB
+            and (
+                self.cycles_target < RSS_GATED_FROM or self.cycles_rss_growth_mib < GROWTH_LIMIT_MIB
+            )
             and self.cycles_open_streams == 0
         )
 
@@ -175,6 +182,13 @@ def run(work: Path, token_key: str, cycles: int, processes: int) -> CyclesResult
         result.cycles_rss_growth_second_half_mib = round((after - halfway) / 2**20, 2)
         result.cycles_open_streams = _open_streams(server.metrics_port)
         result.failures.extend(errors)
+        if cycles >= RSS_GATED_FROM and result.cycles_rss_growth_mib >= GROWTH_LIMIT_MIB:
+            result.failures.append(
+                f"cycles: server RSS grew {result.cycles_rss_growth_mib} MiB "
+                f"(limit {GROWTH_LIMIT_MIB})"
+            )
+        if result.cycles_open_streams != 0:
+            result.failures.append(f"cycles: {result.cycles_open_streams} streams still open")
     except Exception as exc:  # reported in the gate, the bench goes on to print
         result.failures.append(f"cycles: {type(exc).__name__}: {exc}"[:500])
     finally:

@@ -96,7 +96,11 @@ def summarise(
         **subscribed.summary(),
         **cycled.summary(),
         "gate_ok": overall.ok and subscribed.ok and cycled.ok,
-        "gate_failures": [*overall.failures[:20], *subscribed.failures[:5], *cycled.failures[:5]],
+        "gate_failures": [
+            *overall.failures[:20],
+            *_failures("subscribe", subscribed.ok, subscribed.failures, subscribed.summary()),
+            *_failures("cycles", cycled.ok, cycled.failures, cycled.summary()),
+        ],
         "rounds": rounds,
         "rounds_planned": sizes.rounds,
         "quick": sizes.quick,
@@ -107,6 +111,15 @@ def summarise(
         "cycles_detail": dataclasses.asdict(cycled),
     }
     return _table(scenarios, summary), summary
+
+
+def _failures(
+    name: str, ok: bool, failures: Sequence[str], figures: Mapping[str, Any]
+) -> list[str]:
+    """A gate's failures; a failed gate that named none says so with its figures."""
+    if ok or failures:
+        return list(failures[:5])
+    return [f"{name}: gate failed on its figures {dict(figures)}"]
 
 
 def _ratio(by_name: Mapping[str, Sequence[ScenarioRun]], a: str, b: str) -> float:
