@@ -66,14 +66,9 @@ class CyclesResult:
 
     @property
     def ok(self) -> bool:
-        return (
-            not self.failures
-            and self.cycles == self.cycles_target
-            and (
-                self.cycles_target < RSS_GATED_FROM or self.cycles_rss_growth_mib < GROWTH_LIMIT_MIB
-            )
-            and self.cycles_open_streams == 0
-        )
+        # The RSS limit and the open-streams gauge are checked where they are measured
+        # (`run`), each a named failure.
+        return not self.failures and self.cycles == self.cycles_target
 
     def summary(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in KEYS}
