@@ -71,6 +71,13 @@ class Authenticator:
             if name == "authorization":
                 header = value if isinstance(value, str) else value.decode()
                 break
+        # Keyed by the whole header: an app's repeated calls skip its parsing too.
+        cached = self._verified.get(header)
+        if cached is not None:
+            principal, expires = cached
+            if time.time() < expires + self._leeway:
+                return principal
+            del self._verified[header]
         if not header:
             raise Unauthenticated(
                 "missing `authorization: Bearer <token>` metadata", reason="MISSING_TOKEN"
@@ -81,16 +88,10 @@ class Authenticator:
             raise Unauthenticated(
                 "authorization metadata must be `Bearer <token>`", reason="MALFORMED_TOKEN"
             )
-        cached = self._verified.get(token)
-        if cached is not None:
-            principal, expires = cached
-            if time.time() < expires + self._leeway:
-                return principal
-            del self._verified[token]
         principal, expires = self._verify(token)
         if len(self._verified) >= self._cache_size:
             self._verified.popitem(last=False)
-        self._verified[token] = (principal, expires)
+        self._verified[header] = (principal, expires)
         return principal
 
     def _verify(self, token: str) -> tuple[Principal, float]:

@@ -26,6 +26,8 @@ UnaryBehavior = Callable[[Principal, Any], Coroutine[Any, Any, tuple[Message | b
 """Returns the response (or its wire bytes) and a short note for the call's log line (any
 object; formatted with %s only when the line is logged, see `Note`)."""
 Send = Callable[[Message | bytes], Awaitable[None]]
+QuickBehavior = Callable[[Principal, Any], tuple[Message | bytes, object] | None]
+"""Answers at once if it can (same result as the unary behaviour would give), else None."""
 StreamBehavior = Callable[[Principal, Any, Send], Coroutine[Any, Any, None]]
 """Writes the stream's messages with the given send; returns when the stream ends."""
 
@@ -45,17 +47,14 @@ class _Writer:
         return self._write(message)
 
 
-class Note:
-    """A log note formatted only if the call's line is logged (most calls log nothing)."""
+class Note(tuple[object, ...]):
+    """A log note formatted only if the call's line is logged (most calls log nothing):
+    `Note((fmt, *args))`. A tuple, so building one runs no Python code."""
 
-    __slots__ = ("_args", "_fmt")
-
-    def __init__(self, fmt: str, *args: object) -> None:
-        self._fmt = fmt
-        self._args = args
+    __slots__ = ()
 
     def __str__(self) -> str:
-        return self._fmt % self._args
+        return str(self[0]) % self[1:]
 
 
 def encoded(message: Message | bytes) -> bytes:
@@ -116,21 +115,34 @@ class CallRunner:
         *,
         roles: tuple[Role, ...] = (),
         shielded: bool = True,
+        quick: QuickBehavior | None = None,
     ) -> Callable[..., Awaitable[Message | bytes]]:
         """Wrap a unary behaviour. `roles`: who may call it (empty: anyone authenticated).
         `shielded`: its store work finishes even if the caller leaves (off only for
-        behaviours that shield their own store work)."""
+        behaviours that shield their own store work). `quick`: tried first, synchronously;
+        when it answers, the behaviour's coroutine is never created."""
+        authenticate = self._auth.authenticate
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Message | bytes:
             started = time.perf_counter()
             who: Principal | None = None
             failure: RpcFailure | None = None
             try:
-                who = self._principal(request, context, roles)
-                work = behavior(who, request)
-                response, note = await (finish_even_if_cancelled(work) if shielded else work)
-                self._log(method, who, "OK", started, note)
-                return response
+                # Authentication, then the role, come first: a caller without the right
+                # learns nothing about its request, not even whether it decoded (AIP-211).
+                # Inline, not helpers: every call runs this, and in a server holding
+                # thousands of calls each Python call costs several times its cost in a loop.
+                who = authenticate(context.invocation_metadata())
+                if roles and who.role not in roles:
+                    require_role(who, *roles)
+                if type(request) is Undecodable:
+                    _check_decoded(request)
+                answered = None if quick is None else quick(who, request)
+                if answered is None:
+                    work = behavior(who, request)
+                    answered = await (finish_even_if_cancelled(work) if shielded else work)
+                self._log(method, who, "OK", started, answered[1])
+                return answered[0]
             except DomainError as exc:
                 failure = failure_for(exc)
             except asyncio.CancelledError:

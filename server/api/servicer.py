@@ -29,6 +29,7 @@ from server.domain.models import (
     SnapshotMessage,
     SubscriptionItem,
 )
+from server.domain.validation import valid_ids
 from server.metrics import Metrics
 from server.service import allocate, checkout, configure, coupons, reports, rooms, subscribe
 from server.service.admission import AdmissionGate
@@ -117,6 +118,27 @@ class Servicer:
         note = f"op={request.WhichOneof('operation')} pool={pool.pool_id} v={pool.version}"
         return (svc.ConfigureResourcesResponse(pool=convert.pool_out(pool, self.ctx.clock())), note)
 
+    def allocate_now(
+        self, principal: Principal, request: svc.AllocateRequest
+    ) -> tuple[bytes, Note] | None:
+        """A grab answered at once, with no coroutine and no wait: a retry's recorded answer,
+        or a refusal the pool's committed view proves (most calls of a stampede). None: the
+        grab goes to `allocate`. A grab answered here holds no admission place (it never
+        waits); one with a field to report, or a pool that may restrict who grabs, goes on."""
+        desk = self.desk
+        if desk is None:
+            return None
+        pool_id = request.pool_id
+        request_id = request.request_id
+        if not valid_ids(request_id, pool_id) or self.eligibility.may_restrict(pool_id):
+            return None
+        result = desk.answer_now(principal.subject, request_id, pool_id)
+        if result is None:
+            return None
+        if self.metrics is not None:
+            self.metrics.observe_outcome(result.outcome.value)
+        return self._answers.encode(result), Note(("pool=%s outcome=%s", pool_id, result.outcome))
+
     async def allocate(
         self, principal: Principal, request: svc.AllocateRequest
     ) -> tuple[bytes, Note]:
@@ -131,13 +153,17 @@ class Servicer:
         with admitted:
             allocate.check_grab(principal, key, request.pool_id)
             refused = None
-            if self.eligibility.may_restrict(request.pool_id):
+            restricted = self.eligibility.may_restrict(request.pool_id)
+            if restricted:
                 refused = await self.eligibility.refusal(principal, key, request.pool_id)
             if refused is not None:
                 result = refused
             elif self.desk is not None:
-                # Most refusals and every retry are known at once: no wait, no coroutine.
-                answer = self.desk.answer_now(key, request.pool_id)
+                # Unless the pool may restrict who grabs, `allocate_now` has just asked the
+                # desk, with nothing run since.
+                answer = None
+                if restricted:
+                    answer = self.desk.answer_now(key.subject, key.request_id, request.pool_id)
                 if answer is None:
                     answer = await self.desk.decide(key, request.pool_id)
                 result = answer
@@ -146,7 +172,7 @@ class Servicer:
         if self.metrics is not None:
             self.metrics.observe_outcome(result.outcome.value)
         # Wire bytes: a refusal is encoded once per pool state (only server_time differs).
-        note = Note("pool=%s outcome=%s", request.pool_id, result.outcome)
+        note = Note(("pool=%s outcome=%s", request.pool_id, result.outcome))
         return self._answers.encode(result), note
 
     async def list_coupons(
@@ -327,13 +353,23 @@ class Servicer:
             "ListPoolGrants": (self.list_pool_grants, svc.ListPoolGrantsRequest, Role.STREAMER),
             "GetPoolStats": (self.get_pool_stats, svc.GetPoolStatsRequest, Role.STREAMER),
         }
-        # The batched grab path shields its own store work; no task per grab for it.
+        # The batched grab path shields its own store work; no task per grab for it, and
+        # what it knows at once it answers without a coroutine.
         own_shield = {"Allocate"} if self.desk is not None else set()
+        quick = {"Allocate": self.allocate_now} if self.desk is not None else {}
+        # Allocate answers with wire bytes only: grpcio sends them as they are.
+        serializers = {"Allocate": None}
         handlers: dict[str, grpc.RpcMethodHandler] = {
             name: grpc.unary_unary_rpc_method_handler(
-                runner.unary(name, behavior, roles=(role,), shielded=name not in own_shield),
+                runner.unary(
+                    name,
+                    behavior,
+                    roles=(role,),
+                    shielded=name not in own_shield,
+                    quick=quick.get(name),
+                ),
                 request_deserializer=safe_deserializer(request_type),
-                response_serializer=encoded,
+                response_serializer=serializers.get(name, encoded),
             )
             for name, (behavior, request_type, role) in unary.items()
         }

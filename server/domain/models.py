@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from server.domain.eligibility import Eligibility, Missing, PoolEligibility, ViewerFacts
 
@@ -402,9 +403,9 @@ class RoomEvent:
         return self.kind is not EventKind.STOCK_CHANGED
 
 
-@dataclass(frozen=True, slots=True)
-class AllocationResult:
-    """The answer to one grab."""
+class AllocationResult(NamedTuple):
+    """The answer to one grab. A NamedTuple: one is built for every refusal, and a frozen
+    dataclass takes several times longer to build (~1 µs against ~0.3)."""
 
     outcome: Outcome
     remaining_quantity: int

@@ -19,6 +19,7 @@ from server.api.convert import (
 from server.domain.eligibility import Gap, Missing, PoolEligibility
 from server.domain.models import (
     AllocationResult,
+    Coupon,
     CouponKind,
     CouponTerms,
     Outcome,
@@ -123,3 +124,56 @@ def test_a_snapshot_with_the_viewers_eligibility_is_encoded_in_full() -> None:
         assert encoder.encode(item) == subscription_out(item).SerializeToString()
     decoded = svc.StreamAllocationInfoResponse.FromString(encoder.encode(mine))
     assert decoded.snapshot.viewer_eligibility[0].missing[0].description == "watch 9 more seconds"
+
+
+_IDS = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=70)
+
+
+@given(
+    coupon_id=_IDS,
+    code=_IDS,
+    viewer_id=_IDS,
+    goods=st.lists(_IDS, max_size=5),
+    valid_from=_TIMES,
+    valid_for=st.integers(min_value=0, max_value=10**9),
+    order=st.none() | st.tuples(_IDS.filter(bool), st.none() | _TIMES),
+    sequence=st.integers(min_value=0, max_value=2**62),
+    remaining=st.integers(min_value=0, max_value=2**62),
+    times=st.lists(_TIMES, min_size=1, max_size=3),
+)
+def test_encoded_grant_matches_serialized_response(
+    coupon_id: str,
+    code: str,
+    viewer_id: str,
+    goods: list[str],
+    valid_from: datetime,
+    valid_for: int,
+    order: tuple[str, datetime | None] | None,
+    sequence: int,
+    remaining: int,
+    times: list[datetime],
+) -> None:
+    encoder = AllocationEncoder()
+    pool = _pool("pool-1", 3, datetime(2030, 5, 1, 12, 0, tzinfo=UTC))
+    valid_until = min(valid_from + timedelta(seconds=valid_for), datetime.max.replace(tzinfo=UTC))
+    targets = [Target(tuple(goods), ("shop-a",)), Target((*goods, "extra"), ())]
+    # The second and later grants reuse the pool's encoded terms and target (the same
+    # objects, or equal ones); a different target is encoded afresh.
+    for i, now in enumerate(times * 2):
+        coupon = Coupon(
+            coupon_id=coupon_id,
+            code=code,
+            pool_id=pool.pool_id,
+            room_id=pool.room_id,
+            viewer_id=viewer_id,
+            terms=pool.terms,
+            target=targets[i // len(times)] if i % 2 else Target(tuple(goods), ("shop-a",)),
+            currency_code="CNY",
+            valid_from=valid_from,
+            valid_until=valid_until,
+            redeemed_order_id=order[0] if order else None,
+            lock_expires_at=order[1] if order else None,
+            grant_sequence=sequence,
+        )
+        result = AllocationResult(Outcome.GRANTED, remaining, now, coupon=coupon)
+        assert encoder.encode(result) == allocation_out(result).SerializeToString()
