@@ -43,11 +43,12 @@ class ServerProcess:
         *,
         batching: bool,
         database_url: str = "",
-        metrics_port: int = 0,
+        metrics_port: int | None = None,
     ) -> None:
         self.name = name
-        self.metrics_port = metrics_port
-        """Where the server serves /metrics (0: not at all)."""
+        self.metrics_port = free_port() if metrics_port is None else metrics_port
+        """Where the server serves /metrics (0: not at all). On by default, as the server's
+        own default is: the bench measures the server as it is deployed."""
         self.database_url = database_url
         """A PostgreSQL URL the server uses instead of its SQLite file (several may share it)."""
         self.data_dir = data_dir

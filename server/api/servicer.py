@@ -19,7 +19,6 @@ from server.api.calls import (
     Send,
     UnaryBehavior,
     encoded,
-    safe_deserializer,
 )
 from server.domain.errors import Overloaded
 from server.domain.models import (
@@ -29,7 +28,7 @@ from server.domain.models import (
     SnapshotMessage,
     SubscriptionItem,
 )
-from server.domain.validation import valid_ids
+from server.domain.validation import id_match, request_id_match
 from server.metrics import Metrics
 from server.service import allocate, checkout, configure, coupons, reports, rooms, subscribe
 from server.service.admission import AdmissionGate
@@ -130,7 +129,11 @@ class Servicer:
             return None
         pool_id = request.pool_id
         request_id = request.request_id
-        if not valid_ids(request_id, pool_id) or self.eligibility.may_restrict(pool_id):
+        if (
+            request_id_match(request_id) is None
+            or id_match(pool_id) is None
+            or self.eligibility.may_restrict(pool_id)
+        ):
             return None
         result = desk.answer_now(principal.subject, request_id, pool_id)
         if result is None:
@@ -364,18 +367,21 @@ class Servicer:
                 runner.unary(
                     name,
                     behavior,
+                    request_type,
                     roles=(role,),
                     shielded=name not in own_shield,
                     quick=quick.get(name),
                 ),
-                request_deserializer=safe_deserializer(request_type),
                 response_serializer=serializers.get(name, encoded),
             )
             for name, (behavior, request_type, role) in unary.items()
         }
         handlers["StreamAllocationInfo"] = grpc.unary_stream_rpc_method_handler(
-            runner.stream("StreamAllocationInfo", self.stream_allocation_info),
-            request_deserializer=safe_deserializer(svc.StreamAllocationInfoRequest),
+            runner.stream(
+                "StreamAllocationInfo",
+                self.stream_allocation_info,
+                svc.StreamAllocationInfoRequest,
+            ),
             # Events arrive already encoded (shared by all streams of a room).
             response_serializer=encoded,
         )
