@@ -77,6 +77,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._per_call = _PerCall()
         self.registry.register(self._per_call)
+        self.outcome_counts = self._per_call.outcomes
+        """Allocate answers by outcome, for a hot path to count in place (no call)."""
         self.batch_size = Histogram(
             "liveresource_grant_batch_size",
             "Grabs decided per group commit",

@@ -138,9 +138,11 @@ class Servicer:
         result = desk.answer_now(principal.subject, request_id, pool_id)
         if result is None:
             return None
-        if self.metrics is not None:
-            self.metrics.observe_outcome(result.outcome.value)
-        return self._answers.encode(result), Note(("pool=%s outcome=%s", pool_id, result.outcome))
+        outcome = result.outcome
+        if self.metrics is not None:  # `observe_outcome`, inline (a StrEnum is its value)
+            counts = self.metrics.outcome_counts
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return self._answers.encode(result), Note(("pool=%s outcome=%s", pool_id, outcome))
 
     async def allocate(
         self, principal: Principal, request: svc.AllocateRequest
