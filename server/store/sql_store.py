@@ -818,7 +818,7 @@ class SqlStore:
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
                 )
             await conn.run_sync(upgrade_to_head)
-        if self._postgres:
+        if self._postgres and self._notifications is None:  # started twice: one listener
             self._notifications = pg_notify.NotificationListener(
                 pg_notify.libpq_dsn(self.url), self._heard, self._resync
             )

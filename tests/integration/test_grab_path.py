@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from client_sdk import (
     AsyncLiveResourceClient,
+    InvalidArgumentError,
     RetryPolicy,
     UnavailableError,
     mint_token,
@@ -392,5 +393,44 @@ async def test_metrics_endpoint_shows_calls_outcomes_batches_and_streams(
         assert "liveresource_open_streams 0.0" in body
         assert "liveresource_admission_refused_total 0.0" in body
         assert 'liveresource_rpc_duration_seconds_count{method="Allocate"} 2.0' in body
+    finally:
+        await handle.running.stop(1.0)
+
+
+async def test_a_refusal_is_the_answer_to_its_request_id_even_after_a_restock(
+    tmp_path: Path, database_url: str, client_factory: Factory
+) -> None:
+    handle = await launch(tmp_path, database_url=database_url)
+    try:
+        room_id, streamer_id = unique("room"), unique("streamer")
+        await client_factory("platform", "p", target=handle.target).register_room(
+            room_message(room_id, streamer_id)
+        )
+        streamer = client_factory("streamer", streamer_id, target=handle.target)
+        pool, other = [
+            (await streamer.configure_resources(room_id, create_pool=spec)).pool
+            for spec in (fixed_pool(room_id, total=1), fixed_pool(room_id, total=5))
+        ]
+        first = client_factory("viewer", unique("first"), target=handle.target)
+        late = client_factory("viewer", unique("late"), target=handle.target, retry=NO_RETRY)
+        assert (await first.allocate(pool.pool_id)).outcome == svc.ALLOCATION_OUTCOME_GRANTED
+        request_id = new_request_id()
+        refused = await late.allocate(pool.pool_id, request_id=request_id)
+        assert refused.outcome == svc.ALLOCATION_OUTCOME_SOLD_OUT
+        # The same request_id for another pool is another request: refused, nothing taken.
+        with pytest.raises(InvalidArgumentError) as reused:
+            await late.allocate(other.pool_id, request_id=request_id)
+        assert reused.value.reason == "REQUEST_ID_REUSED"
+        assert (await streamer.get_pool_stats(room_id, other.pool_id)).remaining_quantity == 5
+        await streamer.configure_resources(
+            room_id,
+            add_stock=svc.AddStock(pool_id=pool.pool_id, expected_version=pool.version, quantity=1),
+        )
+        # A retry gets the answer its request got, not the coupon restocked since; a new
+        # request gets that coupon.
+        retried = await late.allocate(pool.pool_id, request_id=request_id)
+        assert (retried.outcome, retried.server_time) == (refused.outcome, refused.server_time)
+        granted = await late.allocate(pool.pool_id)
+        assert granted.outcome == svc.ALLOCATION_OUTCOME_GRANTED
     finally:
         await handle.running.stop(1.0)

@@ -183,7 +183,13 @@ async def test_migrations_run_twice_without_error_and_keep_the_data(
     store: SqlStore, database_url: str
 ) -> None:
     await seed(store)
+
+    def listeners() -> int:
+        return sum(t.get_name() == "pg-notify-listener" for t in asyncio.all_tasks())
+
+    before = listeners()
     await store.start()  # the same store again
+    assert listeners() == before  # on PostgreSQL a second LISTEN task was left pending
     second = SqlStore(database_url)  # and a fresh process on the same database
     try:
         await second.start()
