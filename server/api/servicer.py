@@ -331,7 +331,7 @@ class Servicer:
         return cached
 
     def method_handlers(self, runner: CallRunner) -> dict[str, grpc.RpcMethodHandler]:
-        """Every RPC's method handler, with never-failing deserializers, by method name."""
+        """Every RPC's method handler by method name (each decodes its own request bytes)."""
         unary: dict[str, tuple[UnaryBehavior, type[Message], Role]] = {
             "RegisterRoom": (self.register_room, svc.RegisterRoomRequest, Role.PLATFORM),
             "GetConfigurationOptions": (
