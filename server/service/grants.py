@@ -55,6 +55,8 @@ from server.store.interface import IdempotencyKey, NewCoupon, StoredAnswer, Tran
 log = logging.getLogger(__name__)
 
 METHOD = "Allocate"
+SLOW_BATCH_S = 0.25
+"""A grant batch that takes longer than this is logged (a warning) with where the time went."""
 Key = tuple[str, str]  # (viewer_id, request_id)
 FrontKey = str
 """A grab's request in the front door's maps: `front_key(viewer_id, request_id)`. A string,
@@ -256,6 +258,8 @@ class GrantDesk:
 
     async def _commit(self, batch: list[_Grab]) -> None:
         epochs = {g.pool_id: self._epochs.get(g.pool_id, 0) for g in batch}
+        started = time.perf_counter()
+        written = started
         try:
             async with self._ctx.store.transaction(write=True) as tx:
                 decided = await self._decide(tx, batch)
@@ -269,6 +273,7 @@ class GrantDesk:
                     {room: _coalesce(drafts) for room, drafts in decided.events.items()},
                     self._ctx.clock(),
                 )
+                written = time.perf_counter()
         except DomainError as exc:
             self._fail(batch, exc)
             return
@@ -282,6 +287,16 @@ class GrantDesk:
                 ),
             )
             return
+        done = time.perf_counter()
+        if done - started > SLOW_BATCH_S:
+            # Its callers and the room's streams waited as long: say where the time went.
+            log.warning(
+                "grant batch of %d took %.0f ms: %.0f deciding and writing, %.0f committing",
+                len(batch),
+                (done - started) * 1000,
+                (written - started) * 1000,
+                (done - written) * 1000,
+            )
         self._apply(batch, decided, epochs)
 
     def _fail(self, batch: list[_Grab], error: DomainError) -> None:

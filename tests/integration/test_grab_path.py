@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from client_sdk import (
 )
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from generated.liveresource.v1 import resource_allocation_service_pb2_grpc as svc_grpc
+from server.service.grants import SLOW_BATCH_S
 from server.store.interface import Store, Transaction
 from tests.conftest import ServerHandle, launch
 from tests.integration.test_stream import raw_stream, read_non_heartbeat
@@ -43,6 +45,8 @@ class FlakyStore:
         self.fail_writes = 0
         self.failed = 0
         self.reads = 0
+        self.slow_writes_s = 0.0
+        """Write transactions wait this long after their writes, before the commit."""
 
     async def start(self) -> None:
         await self.inner.start()
@@ -64,6 +68,8 @@ class FlakyStore:
         self.reads += not write
         async with self.inner.transaction(write=write) as tx:
             yield tx
+            if write and self.slow_writes_s:
+                await asyncio.sleep(self.slow_writes_s)
             if write and self.fail_writes > 0:
                 self.fail_writes -= 1
                 self.failed += 1
@@ -434,3 +440,24 @@ async def test_a_refusal_is_the_answer_to_its_request_id_even_after_a_restock(
         assert granted.outcome == svc.ALLOCATION_OUTCOME_GRANTED
     finally:
         await handle.running.stop(1.0)
+
+
+async def test_a_slow_grant_batch_is_logged_with_where_its_time_went(
+    flaky: tuple[ServerHandle, FlakyStore],
+    client_factory: Factory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handle, store = flaky
+    pool_id = await open_room(handle, client_factory, total=5)
+    viewer = client_factory("viewer", unique("slow"), target=handle.target)
+    store.slow_writes_s = SLOW_BATCH_S + 0.05
+    with caplog.at_level(logging.WARNING, logger="server.service.grants"):
+        granted = await viewer.allocate(pool_id)
+    assert granted.outcome == svc.ALLOCATION_OUTCOME_GRANTED
+    (line,) = [r.getMessage() for r in caplog.records if "grant batch" in r.getMessage()]
+    assert line.startswith("grant batch of 1 took ") and "deciding and writing" in line, line
+    store.slow_writes_s = 0.0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="server.service.grants"):
+        await client_factory("viewer", unique("fast"), target=handle.target).allocate(pool_id)
+    assert not [r for r in caplog.records if "grant batch" in r.getMessage()]
