@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from bench.provision import Provisioner
-from bench.server_process import ServerProcess, free_port
+from bench.server_process import ServerProcess
 from bench.subscribe import rss
 from client_sdk.tokens import mint_token
 from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
@@ -133,9 +133,7 @@ def cycler_main(conn: Connection, target: str, token: str, room_id: str) -> None
 def run(work: Path, token_key: str, cycles: int, processes: int) -> CyclesResult:
     """Start a server, warm it up, run the cycles, compare its RSS and read its gauge."""
     result = CyclesResult(cycles_target=cycles)
-    server = ServerProcess(
-        "cycles", work / "cycles", token_key, batching=True, metrics_port=free_port()
-    )
+    server = ServerProcess("cycles", work / "cycles", token_key, batching=True)
     ctx = multiprocessing.get_context("spawn")
     conns: list[Connection] = []
     procs = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -455,7 +456,13 @@ async def test_a_slow_grant_batch_is_logged_with_where_its_time_went(
         granted = await viewer.allocate(pool_id)
     assert granted.outcome == svc.ALLOCATION_OUTCOME_GRANTED
     (line,) = [r.getMessage() for r in caplog.records if "grant batch" in r.getMessage()]
-    assert line.startswith("grant batch of 1 took ") and "deciding and writing" in line, line
+    split = re.fullmatch(
+        r"grant batch of 1 took (\d+) ms: (\d+) deciding and writing, (\d+) committing", line
+    )
+    assert split is not None, line
+    took, writing, committing = (int(x) for x in split.groups())
+    # The store's wait sits between the batch's last statement and its commit.
+    assert committing >= SLOW_BATCH_S * 1000 and abs(took - writing - committing) <= 1, line
     store.slow_writes_s = 0.0
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="server.service.grants"):
