@@ -266,12 +266,12 @@ class GrantDesk:
                 await tx.update_pools([decided.pools[p] for p in sorted(decided.changed)])
                 await tx.insert_coupons(decided.coupons)
                 await tx.put_answers(decided.answers, decided.now)
-                # Stamped now, the last statements before the commit: an event's time is when
-                # the change was committed, and under load each round trip above can wait a
-                # while in the event loop's queue.
+                # The last statements before the commit, the events stamped by the store just
+                # before their insert: an event's time is when the change was committed, and
+                # under load each round trip can wait a while in the event loop's queue.
                 await tx.append_events_many(
                     {room: _coalesce(drafts) for room, drafts in decided.events.items()},
-                    self._ctx.clock(),
+                    self._ctx.clock,
                 )
                 written = time.perf_counter()
         except DomainError as exc:

@@ -55,7 +55,7 @@ class LifecycleTicker:
                 await tx.update_pools(announced)
                 # All rooms at once: on PostgreSQL their rows are locked in room order, as
                 # every other writer locks them, so the ticker cannot deadlock with a batch.
-                await tx.append_events_many(drafts, now)
+                await tx.append_events_many(drafts, lambda: now)
                 upcoming = await tx.next_due()
             for pool in changed:
                 self._on_change(pool.pool_id)

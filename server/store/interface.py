@@ -133,8 +133,11 @@ class Transaction(Protocol):
 
     async def append_events(self, room_id: str, drafts: list[EventDraft], now: datetime) -> int: ...
     async def append_events_many(
-        self, drafts_by_room: Mapping[str, Sequence[EventDraft]], now: datetime
-    ) -> None: ...
+        self, drafts_by_room: Mapping[str, Sequence[EventDraft]], clock: Callable[[], datetime]
+    ) -> None:
+        """Number and insert several rooms' events; their time is read from `clock` as late
+        as the store can (after numbering them), so it is as close to the commit as it gets."""
+
     async def events_after(self, room_id: str, after: int, limit: int) -> list[RoomEvent]: ...
     async def event_bounds(self, room_id: str) -> EventBounds | None: ...
 

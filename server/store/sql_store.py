@@ -620,13 +620,14 @@ class SqlTransaction:
         return [_coupon_from_row(r) for r in rows]
 
     async def append_events(self, room_id: str, drafts: list[EventDraft], now: datetime) -> int:
-        await self.append_events_many({room_id: drafts}, now)
+        await self.append_events_many({room_id: drafts}, lambda: now)
         return self.appended.get(room_id, 0)
 
     async def append_events_many(
-        self, drafts_by_room: Mapping[str, Sequence[EventDraft]], now: datetime
+        self, drafts_by_room: Mapping[str, Sequence[EventDraft]], clock: Callable[[], datetime]
     ) -> None:
-        """Number and insert the events of several rooms with three statements in all."""
+        """Number and insert the events of several rooms with three statements in all; their
+        time is read from `clock` after they are numbered, just before the insert."""
         room_ids = sorted(r for r, drafts in drafts_by_room.items() if drafts)
         if not room_ids:
             return
@@ -642,7 +643,6 @@ class SqlTransaction:
         current = {room_id: int(seq) for room_id, seq in await self._conn.execute(stmt)}
         moves: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
-        at = codec.to_us(now)
         for room_id in room_ids:
             drafts = drafts_by_room[room_id]
             old = current[room_id]
@@ -654,7 +654,6 @@ class SqlTransaction:
                     "kind": d.kind.value,
                     "pool_id": d.pool.pool_id,
                     "payload": codec.pool_to_json(d.pool),
-                    "created_at_us": at,
                 }
                 for i, d in enumerate(drafts)
             )
@@ -684,6 +683,12 @@ class SqlTransaction:
             raise Conflict(
                 "a room's events were numbered concurrently; retry", reason="CONCURRENT_CHANGE"
             )
+        # An event's time is when it was committed: stamped here, two round trips before the
+        # commit returns, not before the numbering's two. Under a fan-out each round trip's
+        # answer waits in the event loop's queue behind thousands of stream writes.
+        at = codec.to_us(clock())
+        for row in rows:
+            row["created_at_us"] = at
         await self._conn.execute(insert(room_events), rows)
         for move in moves:
             self.appended[str(move["key_room_id"])] = int(move["new_seq"])

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -727,12 +727,50 @@ async def test_append_events_many_numbers_several_rooms_in_one_go(store: SqlStor
                 "room-2": [EventDraft(EventKind.POOL_OPENED, two)],
                 "room-3": [],
             },
-            NOW,
+            lambda: NOW,
         )
     async with store.transaction(write=False) as tx:
         assert [e.sequence for e in await tx.events_after("room-1", 0, 10)] == [1, 2, 3]
         assert [e.sequence for e in await tx.events_after("room-2", 0, 10)] == [1]
         assert await tx.event_bounds("room-3") == EventBounds(first_retained=1, last=0)
+
+
+async def test_append_events_many_stamps_the_events_after_numbering_them(store: SqlStore) -> None:
+    """The events' time is read after the rooms' counters moved, just before the insert: the
+    stamp is as close to the commit as the statements allow (under a fan-out each statement's
+    answer can wait long in the event loop's queue)."""
+    await seed(store, "room-1", "room-2")
+    statements: list[str] = []
+    stamped_at: list[int] = []
+    later = NOW + timedelta(seconds=7)
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()[:3]))
+
+    def clock() -> datetime:
+        stamped_at.append(len(statements))
+        return later
+
+    engine = store.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        async with store.transaction(write=True) as tx:
+            await tx.append_events_many(
+                {
+                    "room-1": [EventDraft(EventKind.POOL_OPENED, make_pool())],
+                    "room-2": [EventDraft(EventKind.POOL_OPENED, make_pool("p2", "room-2"))],
+                },
+                clock,
+            )
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(stamped_at) == 1, "the clock is read once per call"
+    before, after = statements[: stamped_at[0]], statements[stamped_at[0] :]
+    assert any(s.startswith("UPDATE rooms") for s in before), statements
+    assert after[0].startswith("INSERT INTO room_events"), statements
+    async with store.transaction(write=False) as tx:
+        for room_id in ("room-1", "room-2"):
+            assert [e.event_time for e in await tx.events_after(room_id, 0, 10)] == [later]
 
 
 async def test_append_events_many_refuses_a_counter_moved_under_it(store: SqlStore) -> None:
@@ -756,7 +794,8 @@ async def test_append_events_many_refuses_a_counter_moved_under_it(store: SqlSto
                     return result
 
             tx._conn = Racing()  # type: ignore[assignment]
-            await tx.append_events_many({"room-1": [EventDraft(EventKind.POOL_OPENED, pool)]}, NOW)
+            drafts = {"room-1": [EventDraft(EventKind.POOL_OPENED, pool)]}
+            await tx.append_events_many(drafts, lambda: NOW)
     async with store.transaction(write=False) as tx:
         assert await tx.events_after("room-1", 0, 10) == []
 
