@@ -16,9 +16,11 @@ from typing import NamedTuple, Protocol
 from server.domain.eligibility import WatchSession
 from server.domain.models import Coupon, EventDraft, Pool, Redemption, Room, RoomEvent
 
-CommitListener = Callable[[str, int, bool], None]
+CommitListener = Callable[[str, int, bool, Sequence[RoomEvent]], None]
 """Called after a commit with (room_id, last event sequence committed for that room, whether
-any of the room's events in the commit is a lifecycle event, i.e. not a stock change)."""
+any of the room's events in the commit is a lifecycle event, i.e. not a stock change, and the
+room's events of the commit when this process committed it: empty when it was heard from
+another process). The events' `previous_lifecycle` is 0: a commit does not read the chain."""
 
 
 class IdempotencyKey(NamedTuple):

@@ -207,6 +207,8 @@ class SqlTransaction:
         # Rooms whose events this transaction appended, with the last sequence: published
         # to listeners only once the commit succeeded.
         self.appended: dict[str, int] = {}
+        self.appended_events: dict[str, list[RoomEvent]] = {}
+        """Each room's events of this transaction, for the commit listeners."""
         self.lifecycle_rooms: set[str] = set()
 
     async def _one(self, stmt: Any) -> Any:
@@ -692,6 +694,19 @@ class SqlTransaction:
         await self._conn.execute(insert(room_events), rows)
         for move in moves:
             self.appended[str(move["key_room_id"])] = int(move["new_seq"])
+        event_time = codec.from_us(at)
+        for row in rows:
+            kind = EventKind(row["kind"])
+            self.appended_events.setdefault(row["room_id"], []).append(
+                # As `events_after` reads it back (the pool from its stored payload).
+                RoomEvent(
+                    row["room_id"],
+                    row["seq"],
+                    event_time,
+                    kind,
+                    codec.pool_from_json(row["payload"]),
+                )
+            )
         self.lifecycle_rooms.update(
             room_id
             for room_id in room_ids
@@ -842,7 +857,7 @@ class SqlStore:
         self._resync_listeners.append(listener)
 
     def _heard(self, room_id: str, sequence: int, lifecycle: bool) -> None:
-        self._announce(room_id, sequence, lifecycle)
+        self._announce(room_id, sequence, lifecycle, ())
 
     def _resync(self) -> None:
         for listener in self._resync_listeners:
@@ -876,9 +891,13 @@ class SqlStore:
                 raise
             raise unavailable from exc
         for room_id, seq in tx.appended.items():
-            self._announce(room_id, seq, room_id in tx.lifecycle_rooms)
+            self._announce(
+                room_id, seq, room_id in tx.lifecycle_rooms, tx.appended_events.get(room_id, ())
+            )
 
-    def _announce(self, room_id: str, sequence: int, lifecycle: bool) -> None:
+    def _announce(
+        self, room_id: str, sequence: int, lifecycle: bool, events: Sequence[RoomEvent]
+    ) -> None:
         # On PostgreSQL a commit of this process is heard twice (directly, then through
         # LISTEN), and other processes' notifications may trail a newer local one: listeners
         # hear each room's sequences once, only growing.
@@ -886,7 +905,7 @@ class SqlStore:
             return
         self._announced[room_id] = sequence
         for listener in self._listeners:
-            listener(room_id, sequence, lifecycle)
+            listener(room_id, sequence, lifecycle, events)
 
     @asynccontextmanager
     async def _connect(self, write: bool) -> AsyncIterator[AsyncConnection]:

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 from server.domain.errors import DomainError
 from server.domain.models import EventKind, Pool, RoomEvent
@@ -140,11 +141,16 @@ class RoomFeed:
         self._snapshot_loading: asyncio.Future[SnapshotState] | None = None
         self.subscribers = 0
 
-    def notify(self, sequence: int, lifecycle: bool = True) -> None:
-        """A commit put this room's events up to `sequence` in the store."""
+    def notify(
+        self, sequence: int, lifecycle: bool = True, events: Sequence[RoomEvent] = ()
+    ) -> None:
+        """A commit put this room's events up to `sequence` in the store: `events`, when
+        this process committed them (else the feed reads them when it publishes)."""
         if sequence <= self.known_last:
             return
         self.known_last = sequence
+        if events and events[-1].sequence == sequence:
+            self._keep(events)
         if lifecycle or self._stock_interval <= 0:
             self._publish(tick=False)
             return
@@ -323,12 +329,39 @@ class RoomFeed:
                 # little behind this one keep reading from it instead of each going to the
                 # store (clearing it here once sent thousands of streams to the store).
                 events = await self._fetch(ring[-1].sequence)
-                ring.extend(events)
+                self._extend(events)
                 return self._cached_after(cursor) or []
             ring.clear()
             events = await self._fetch(cursor)
-            ring.extend(events)
+            self._extend(events)
             return events
+
+    def _keep(self, committed: Sequence[RoomEvent]) -> None:
+        """Put a local commit's events in the cache if they continue it, each naming the
+        room's lifecycle event before it as a read would: the publish then finds them there
+        instead of reading them back (under a fan-out each store round trip waits behind
+        thousands of stream writes)."""
+        ring = self._ring
+        if not ring or ring[-1].sequence + 1 != committed[0].sequence:
+            return  # not contiguous with what is cached: read when published
+        last = ring[-1]
+        previous = last.sequence if last.is_lifecycle else last.previous_lifecycle
+        for event in committed:
+            ring.append(replace(event, previous_lifecycle=previous))
+            if event.is_lifecycle:
+                previous = event.sequence
+
+    def _extend(self, events: list[RoomEvent]) -> None:
+        """Append what a read returned, minus what a commit put there while it ran."""
+        ring = self._ring
+        last = ring[-1].sequence if ring else None
+        for event in events:
+            if last is not None and event.sequence <= last:
+                continue
+            if last is not None and event.sequence > last + 1:
+                ring.clear()  # never a gap in the cache
+            ring.append(event)
+            last = event.sequence
 
     def _cached_after(self, cursor: int) -> list[RoomEvent] | None:
         ring = self._ring
@@ -371,10 +404,12 @@ class FeedRegistry:
         store.add_commit_listener(self._on_commit)
         store.add_resync_listener(self._on_resync)
 
-    def _on_commit(self, room_id: str, sequence: int, lifecycle: bool) -> None:
+    def _on_commit(
+        self, room_id: str, sequence: int, lifecycle: bool, events: Sequence[RoomEvent]
+    ) -> None:
         feed = self._feeds.get(room_id)
         if feed is not None:
-            feed.notify(sequence, lifecycle)
+            feed.notify(sequence, lifecycle, events)
 
     def _on_resync(self) -> None:
         # Commit notifications may have been missed: re-read where each watched room is.

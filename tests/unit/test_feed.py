@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import cast
 
 from hypothesis import given
@@ -176,3 +177,98 @@ async def test_after_a_lifecycle_event_the_tick_goes_once_it_is_written_without_
     ticks = await _ticks(streams=20, stalled=0, writes_s=0.3, opened=True)
     gap = ticks[1] - ticks[0]
     assert 0.28 <= gap < 0.5, gap  # written in 0.3 s; a rest comes only after a tick
+
+
+class _ListStore:
+    """A room's committed events in a list, read as the SQL store reads them (each naming the
+    room's lifecycle event before it); counts the reads."""
+
+    def __init__(self) -> None:
+        self.events: list[RoomEvent] = []
+        self.reads = 0
+
+    def commit(self, kinds: list[EventKind]) -> list[RoomEvent]:
+        """Append a commit's events; return them as a commit hands them (no chain)."""
+        start = len(self.events) + 1
+        new = [RoomEvent("room-1", start + i, NOW, k, _POOLS["a"]) for i, k in enumerate(kinds)]
+        self.events.extend(new)
+        return new
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, write: bool = False) -> AsyncIterator[_ListStore]:
+        yield self
+
+    async def events_after(self, room_id: str, cursor: int, limit: int) -> list[RoomEvent]:
+        self.reads += 1
+        return self.chained(cursor)[:limit]
+
+    def chained(self, cursor: int) -> list[RoomEvent]:
+        previous, out = 0, []
+        for event in self.events:
+            if event.sequence > cursor:
+                out.append(replace(event, previous_lifecycle=previous))
+            if event.is_lifecycle:
+                previous = event.sequence
+        return out
+
+
+async def _primed(store: _ListStore) -> RoomFeed:
+    """A feed whose cache holds the store's events (1: the pool opened, 2 and 3: stock)."""
+    store.commit([EventKind.POOL_OPENED, EventKind.STOCK_CHANGED, EventKind.STOCK_CHANGED])
+    feed = RoomFeed("room-1", cast(Store, store), 3, 64)
+    assert await feed.read_after(0) == store.chained(0)
+    return feed
+
+
+async def test_a_local_commits_events_continue_the_cache_and_are_not_read_back() -> None:
+    store = _ListStore()
+    feed = await _primed(store)
+    reads = store.reads
+    handed = store.commit(
+        [EventKind.STOCK_CHANGED, EventKind.POOL_SOLD_OUT, EventKind.STOCK_CHANGED]
+    )
+    feed.notify(6, True, handed)
+    got = await feed.read_after(3)
+    assert got == store.chained(3)
+    assert [e.previous_lifecycle for e in got] == [1, 1, 5]
+    assert store.reads == reads, "the published events were read back from the store"
+
+
+async def test_events_that_do_not_continue_the_cache_are_read_from_the_store() -> None:
+    store = _ListStore()
+    feed = await _primed(store)
+    reads = store.reads
+    store.commit([EventKind.STOCK_CHANGED])  # 4: another process's commit, not heard yet
+    handed = store.commit([EventKind.POOL_CHANGED, EventKind.STOCK_CHANGED])
+    feed.notify(6, True, handed)  # 5 and 6 would leave a gap after 3
+    assert await feed.read_after(3) == store.chained(3)
+    assert store.reads == reads + 1
+
+
+_COMMITS = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(_KINDS), min_size=1, max_size=3),  # the commit's events
+        st.booleans(),  # committed by this process (handed over) or heard from another
+        st.integers(min_value=0, max_value=3),  # a stream this far behind reads after it
+    ),
+    max_size=25,
+)
+
+
+@given(_COMMITS)
+def test_what_a_stream_reads_is_what_the_store_holds_however_commits_reach_the_feed(
+    commits: list[tuple[list[EventKind], bool, int]],
+) -> None:
+    async def run() -> None:
+        store = _ListStore()
+        feed = await _primed(store)
+        for kinds, local, behind in commits:
+            handed = store.commit(kinds)
+            last = handed[-1].sequence
+            feed.notify(last, any(e.is_lifecycle for e in handed), handed if local else ())
+            cursor = max(0, last - len(handed) - behind)
+            got = await feed.read_after(cursor)
+            assert got, "a stream behind the last commit reads something"
+            assert got == store.chained(cursor)[: len(got)]
+
+    asyncio.run(run())

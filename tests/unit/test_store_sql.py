@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -35,6 +35,7 @@ from server.domain.models import (
     Redemption,
     RedemptionState,
     Room,
+    RoomEvent,
     Shop,
     Target,
     Validity,
@@ -437,10 +438,12 @@ async def test_listeners_hear_the_last_sequence_only_after_commit(
 ) -> None:
     await seed(store, "room-1", "room-2")
     heard: list[tuple[str, int, int]] = []
+    handed: dict[str, list[RoomEvent]] = {}
 
-    def listener(room_id: str, last_seq: int, lifecycle: bool) -> None:
+    def listener(room_id: str, last_seq: int, lifecycle: bool, events: Sequence[RoomEvent]) -> None:
         # Read through an independent connection: only committed rows are visible there.
         heard.append((room_id, last_seq, committed_last_seq(database_url, room_id)))
+        handed[room_id] = list(events)
 
     store.add_commit_listener(listener)
     pool = make_pool()
@@ -452,6 +455,12 @@ async def test_listeners_hear_the_last_sequence_only_after_commit(
         assert heard == []  # nothing is told before the commit
     # One call per room with the last sequence of the transaction, each already committed.
     assert sorted(heard) == [("room-1", 3, 3), ("room-2", 1, 1)]
+    # With the room's events of the commit, as a read returns them (but for the chain,
+    # which a commit does not read).
+    async with store.transaction(write=False) as tx:
+        for room_id in ("room-1", "room-2"):
+            read = await tx.events_after(room_id, 0, 10)
+            assert handed[room_id] == [replace(e, previous_lifecycle=0) for e in read]
     # On PostgreSQL the commit comes back through LISTEN/NOTIFY as well: not told twice.
     await asyncio.sleep(0.3)
     assert sorted(heard) == [("room-1", 3, 3), ("room-2", 1, 1)]
@@ -459,7 +468,9 @@ async def test_listeners_hear_the_last_sequence_only_after_commit(
 
 async def test_listeners_are_not_told_of_a_transaction_without_events(store: SqlStore) -> None:
     heard: list[tuple[str, int]] = []
-    store.add_commit_listener(lambda room_id, seq, _lifecycle: heard.append((room_id, seq)))
+    store.add_commit_listener(
+        lambda room_id, seq, _lifecycle, _events: heard.append((room_id, seq))
+    )
     await seed(store)
     async with store.transaction(write=True) as tx:
         await tx.append_events("room-1", [], NOW)
@@ -472,7 +483,9 @@ async def test_an_exception_in_a_write_transaction_rolls_back_everything(
     async with store.transaction(write=True) as tx:
         await tx.insert_room(make_room())
     heard: list[tuple[str, int]] = []
-    store.add_commit_listener(lambda room_id, seq, _lifecycle: heard.append((room_id, seq)))
+    store.add_commit_listener(
+        lambda room_id, seq, _lifecycle, _events: heard.append((room_id, seq))
+    )
 
     class Boom(Exception):
         pass
@@ -503,7 +516,9 @@ async def test_a_constraint_refusal_in_a_transaction_is_a_conflict_and_rolls_bac
 ) -> None:
     await seed(store)
     heard: list[tuple[str, int]] = []
-    store.add_commit_listener(lambda room_id, seq, _lifecycle: heard.append((room_id, seq)))
+    store.add_commit_listener(
+        lambda room_id, seq, _lifecycle, _events: heard.append((room_id, seq))
+    )
     with pytest.raises(Conflict):
         async with store.transaction(write=True) as tx:
             await tx.append_events(
