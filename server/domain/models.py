@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import NamedTuple
 
 from server.domain.eligibility import Eligibility, Missing, PoolEligibility, ViewerFacts
@@ -239,9 +240,21 @@ class Pool:
         return PoolState.OPEN
 
     def with_changes(self, **changes: object) -> Pool:
-        """A copy with some fields replaced."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        """A copy with some fields replaced (as `dataclasses.replace`, at half its cost: a
+        grant makes one per coupon)."""
+        values = list(_POOL_VALUES(self))
+        for name, value in changes.items():
+            index = _POOL_INDEX.get(name)
+            if index is None:
+                raise TypeError(f"Pool has no field {name!r}")
+            values[index] = value
+        return Pool(*values)
 
+
+
+_POOL_FIELDS = tuple(f.name for f in fields(Pool))
+_POOL_INDEX = {name: i for i, name in enumerate(_POOL_FIELDS)}
+_POOL_VALUES = attrgetter(*_POOL_FIELDS)
 
 @dataclass(frozen=True, slots=True)
 class Coupon:

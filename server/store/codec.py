@@ -233,6 +233,24 @@ def pool_from_json(text: str) -> Pool:
     return pool_from_row(json.loads(text))
 
 
+_SHARED_JSON: dict[int, tuple[object, str]] = {}
+"""JSON of the terms and targets coupons share with their pool, by the object's identity
+(kept with the object, so an id is never reused while cached): a grant batch records one
+answer per coupon, all with their pool's terms and target."""
+_SHARED_JSON_MAX = 1024
+
+
+def _shared_json(value: CouponTerms | Target) -> str:
+    cached = _SHARED_JSON.get(id(value))
+    if cached is not None and cached[0] is value:
+        return cached[1]
+    text = terms_to_json(value) if isinstance(value, CouponTerms) else target_to_json(value)
+    if len(_SHARED_JSON) >= _SHARED_JSON_MAX:
+        _SHARED_JSON.clear()
+    _SHARED_JSON[id(value)] = (value, text)
+    return text
+
+
 def coupon_to_dict(c: Coupon) -> dict[str, Any]:
     return {
         "coupon_id": c.coupon_id,
@@ -240,8 +258,8 @@ def coupon_to_dict(c: Coupon) -> dict[str, Any]:
         "pool_id": c.pool_id,
         "room_id": c.room_id,
         "viewer_id": c.viewer_id,
-        "terms": terms_to_json(c.terms),
-        "target": target_to_json(c.target),
+        "terms": _shared_json(c.terms),
+        "target": _shared_json(c.target),
         "currency_code": c.currency_code,
         "valid_from_us": to_us(c.valid_from),
         "valid_until_us": to_us(c.valid_until),
