@@ -482,6 +482,20 @@ class AllocationEncoder:
 
 
 def _varint(value: int) -> bytes:
+    """A non-negative int as a protobuf varint. Up to four bytes without a loop: a grant's
+    answer writes about a dozen (lengths, counts, a timestamp's nanoseconds)."""
+    if value < 0x80:
+        if value < 0:
+            raise ValueError(f"a varint here is never negative: {value}")
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if value < 0x200000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    if value < 0x10000000:
+        return bytes(
+            (value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80, value >> 21)
+        )
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
@@ -490,17 +504,23 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
 _OUTCOME_FIELD = {o: b"\x08" + _varint(v) for o, v in _OUTCOME.items()}
 _COUPON_PARTS = 1024
+_COUPON_TIMES = 256
 
 
 class CouponEncoder:
     """Wire bytes of a coupon: the bytes `coupon_out(c, at).SerializeToString()` gives,
-    written field by field. Its terms and target (with the goods list, the bulk of it) are
-    its pool's: encoded once per pool, not per grant."""
+    written field by field. What it shares with its pool (pool and room ids, terms, target
+    with the goods list: the bulk of it) is encoded once per pool, and the validity times,
+    which a grant batch's coupons share, once per time."""
 
     def __init__(self) -> None:
-        self._parts: dict[str, tuple[m.CouponTerms, m.Target, str, bytes]] = {}
+        self._parts: dict[str, tuple[m.CouponTerms, m.Target, str, str, bytes, bytes]] = {}
+        self._times: dict[datetime, bytes] = {}
 
     def encode(self, c: m.Coupon, at: datetime) -> bytes:
         parts = self._parts.get(c.pool_id)
@@ -509,35 +529,56 @@ class CouponEncoder:
             or (parts[0] is not c.terms and parts[0] != c.terms)
             or (parts[1] is not c.target and parts[1] != c.target)
             or parts[2] != c.currency_code
+            or parts[3] != c.room_id
         ):
-            terms = terms_out(c.terms, c.currency_code).SerializeToString()
-            target = target_out(c.target).SerializeToString()
-            shared = b"".join(
-                (b"\x32", _varint(len(terms)), terms, b"\x3a", _varint(len(target)), target)
-            )
-            parts = (c.terms, c.target, c.currency_code, shared)
-            if len(self._parts) >= _COUPON_PARTS:
-                self._parts.clear()
-            self._parts[c.pool_id] = parts
+            parts = self._pool_parts(c)
+        times = self._times
+        valid_from = times.get(c.valid_from)
+        if valid_from is None:
+            valid_from = self._time(c.valid_from)
+        valid_until = times.get(c.valid_until)
+        if valid_until is None:
+            valid_until = self._time(c.valid_until)
         state = _COUPON_STATE[c.state_at(at)]
         order_id = c.order_at(at)
         return b"".join(
             (
                 _string_field(b"\x0a", c.coupon_id),
                 _string_field(b"\x12", c.code),
-                _string_field(b"\x1a", c.pool_id),
-                _string_field(b"\x22", c.room_id),
+                parts[4],  # pool and room ids
                 _string_field(b"\x2a", c.viewer_id),
-                parts[3],
+                parts[5],  # terms and target
                 b"\x42",
-                timestamp_field(c.valid_from),
+                valid_from,
                 b"\x4a",
-                timestamp_field(c.valid_until),
+                valid_until,
                 b"\x50" + _varint(state) if state else b"",
                 _string_field(b"\x5a", order_id) if order_id else b"",
                 b"\x60" + _varint(c.grant_sequence) if c.grant_sequence else b"",
             )
         )
+
+    def _pool_parts(self, c: m.Coupon) -> tuple[m.CouponTerms, m.Target, str, str, bytes, bytes]:
+        terms = terms_out(c.terms, c.currency_code).SerializeToString()
+        target = target_out(c.target).SerializeToString()
+        shared = b"".join(
+            (b"\x32", _varint(len(terms)), terms, b"\x3a", _varint(len(target)), target)
+        )
+        ids = _string_field(b"\x1a", c.pool_id) + _string_field(b"\x22", c.room_id)
+        parts = (c.terms, c.target, c.currency_code, c.room_id, ids, shared)
+        if len(self._parts) >= _COUPON_PARTS:
+            self._parts.clear()
+        self._parts[c.pool_id] = parts
+        return parts
+
+    def _time(self, value: datetime) -> bytes:
+        """A validity time's length and body, without its tag (valid_from and valid_until,
+        fields 8 and 9, may be the same time)."""
+        body = timestamp_field(value)
+        if len(self._times) >= _COUPON_TIMES:
+            self._times.clear()
+        self._times[value] = body
+        return body
 
 
 def _string_field(tag: bytes, value: str) -> bytes:

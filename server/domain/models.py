@@ -251,10 +251,10 @@ class Pool:
         return Pool(*values)
 
 
-
 _POOL_FIELDS = tuple(f.name for f in fields(Pool))
 _POOL_INDEX = {name: i for i, name in enumerate(_POOL_FIELDS)}
 _POOL_VALUES = attrgetter(*_POOL_FIELDS)
+
 
 @dataclass(frozen=True, slots=True)
 class Coupon:

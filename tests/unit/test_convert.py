@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from google.protobuf import timestamp_pb2
+import pytest
+from google.protobuf import timestamp_pb2, wrappers_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,6 +13,7 @@ from generated.liveresource.v1 import resource_allocation_service_pb2 as svc
 from server.api.convert import (
     AllocationEncoder,
     SnapshotEncoder,
+    _varint,
     allocation_out,
     subscription_out,
     ts,
@@ -177,3 +179,22 @@ def test_encoded_grant_matches_serialized_response(
         )
         result = AllocationResult(Outcome.GRANTED, remaining, now, coupon=coupon)
         assert encoder.encode(result) == allocation_out(result).SerializeToString()
+
+
+@given(
+    st.one_of(
+        st.integers(min_value=1, max_value=1 << 14),
+        st.integers(min_value=1, max_value=1 << 29),
+        st.integers(min_value=1, max_value=(1 << 64) - 1),
+        st.sampled_from([1, 0x7F, 0x80, 0x3FFF, 0x4000, 0x1FFFFF, 0x200000, 0xFFFFFFF, 1 << 28]),
+    )
+)
+def test_varint_matches_protobufs_own(value: int) -> None:
+    # A UInt64Value is its field tag (0x08) and the value's varint.
+    assert b"\x08" + _varint(value) == wrappers_pb2.UInt64Value(value=value).SerializeToString()
+
+
+def test_varint_of_zero_is_one_byte_and_a_negative_is_refused() -> None:
+    assert _varint(0) == b"\x00"
+    with pytest.raises(ValueError):
+        _varint(-1)
