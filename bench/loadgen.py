@@ -21,6 +21,8 @@ class Measured:
     results: list[WorkerResult]
     wall_s: float
     server_cpu_s: float
+    released: float = 0.0
+    """`time.perf_counter()` when the load was released."""
 
     @property
     def load_cpu_s(self) -> float:
@@ -68,7 +70,10 @@ class LoadGenerator:
         self._release.clear()
         finished = max(r.finished for r in results)
         return Measured(
-            results=results, wall_s=finished - released, server_cpu_s=server_cpu() - cpu0
+            results=results,
+            wall_s=finished - released,
+            server_cpu_s=server_cpu() - cpu0,
+            released=released,
         )
 
     def _expect(self, conn: Connection, kind: str) -> WorkerResult:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from typing import Any
 
 from bench.cycles import GROWTH_LIMIT_MIB, CyclesResult
@@ -123,9 +124,31 @@ def _failures(
 
 
 def _ratio(by_name: Mapping[str, Sequence[ScenarioRun]], a: str, b: str) -> float:
-    """The median over rounds of a's throughput over b's in the same round."""
-    pairs = zip(by_name[a], by_name[b], strict=True)
-    return round(median([x.throughput / y.throughput for x, y in pairs if y.throughput]), 3)
+    """The median over rounds of a's throughput over b's in the same round; b's throughput
+    at a's time when b ran more than once in the round (the no-op ceiling, before and after)."""
+    ratios = []
+    for x in by_name[a]:
+        same_round = [y for y in by_name[b] if y.round_no == x.round_no]
+        ceiling = at_time(same_round, x.mid_s)
+        if ceiling:
+            ratios.append(x.throughput / ceiling)
+    return round(median(ratios), 3)
+
+
+def at_time(runs: Sequence[ScenarioRun], when: float) -> float:
+    """The throughput of `runs` at `when`: interpolated between the runs before and after
+    it, else the nearest run's (0 without runs)."""
+    if not runs:
+        return 0.0
+    ordered = sorted(runs, key=lambda r: r.mid_s)
+    if when <= ordered[0].mid_s:
+        return ordered[0].throughput
+    for before, after in pairwise(ordered):
+        if when <= after.mid_s:
+            span = after.mid_s - before.mid_s
+            share = (when - before.mid_s) / span if span > 0 else 0.0
+            return before.throughput + share * (after.throughput - before.throughput)
+    return ordered[-1].throughput
 
 
 def _table(scenarios: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any]) -> str:

@@ -142,6 +142,7 @@ def _rounds(
                     run = multi.run(bench, [batched, *extra], round_no)
                 else:
                     run = bench.run(name, round_no)
+                run.round_no = round_no
                 _log(report.progress_line(round_no, sizes.rounds, run))
                 runs.append(run)
             longest = max(longest, time.perf_counter() - round_start)

@@ -16,7 +16,10 @@ from bench.server_process import ServerProcess
 from bench.sizes import Sizes
 from bench.stats import percentile
 
-ORDER = ("noop", "hot", "soldout", "soldout_fresh", "spread", "naive", "burst")
+ORDER = ("noop", "hot", "soldout", "soldout_fresh", "spread", "noop", "naive", "burst")
+"""A round's scenarios. The no-op ceiling is measured twice, before and after the scenarios
+compared with it: a ratio divides by the ceiling interpolated to the scenario's time, so a
+machine that slows or speeds up within a round moves both sides alike."""
 
 
 @dataclass(kw_only=True)
@@ -35,6 +38,9 @@ class ScenarioRun:
     load_cpu: float
     """Load processes' CPU seconds per wall second, all of them together."""
     gate: gate.GateResult = field(default_factory=gate.GateResult)
+    round_no: int = 0
+    mid_s: float = 0.0
+    """When the run was half done (`time.perf_counter`): where ratios read the ceiling."""
 
     @property
     def throughput(self) -> float:
@@ -198,4 +204,5 @@ def _summarise(name: str, measured: Measured) -> ScenarioRun:
         outcomes=dict(outcomes),
         server_cpu=measured.server_cpu_s / wall if wall > 0 else 0.0,
         load_cpu=measured.load_cpu_s / wall if wall > 0 else 0.0,
+        mid_s=measured.released + wall / 2,
     )
