@@ -252,6 +252,8 @@ class Pool:
 
 
 _POOL_FIELDS = tuple(f.name for f in fields(Pool))
+if any(not f.init or f.kw_only for f in fields(Pool)):  # `with_changes` passes them by position
+    raise TypeError("every Pool field must be a positional __init__ parameter")
 _POOL_INDEX = {name: i for i, name in enumerate(_POOL_FIELDS)}
 _POOL_VALUES = attrgetter(*_POOL_FIELDS)
 
