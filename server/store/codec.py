@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -292,16 +293,89 @@ def coupon_from_dict(d: Any) -> Coupon:
     )
 
 
+def allocation_to_dict(a: AllocationResult) -> dict[str, Any]:
+    return {
+        "outcome": a.outcome.value,
+        "remaining_quantity": a.remaining_quantity,
+        "server_time_us": to_us(a.server_time),
+        "claim_start_us": opt_us(a.claim_start),
+        "coupon": None if a.coupon is None else coupon_to_dict(a.coupon),
+    }
+
+
 def allocation_to_json(a: AllocationResult) -> str:
-    return dumps(
-        {
-            "outcome": a.outcome.value,
-            "remaining_quantity": a.remaining_quantity,
-            "server_time_us": to_us(a.server_time),
-            "claim_start_us": opt_us(a.claim_start),
-            "coupon": None if a.coupon is None else coupon_to_dict(a.coupon),
-        }
+    """`dumps(allocation_to_dict(a))`. A fresh grant (one answer recorded per coupon in a grant
+    batch) is written from its pool's pre-encoded part and its own few fields: the same text."""
+    c = a.coupon
+    if (
+        c is None
+        or a.claim_start is not None
+        or c.redeemed_order_id is not None
+        or c.lock_expires_at is not None
+    ):
+        return dumps(allocation_to_dict(a))
+    parts = _GRANT_PARTS.get(c.pool_id)
+    if (
+        parts is None
+        or parts[0] is not c.terms
+        or parts[1] is not c.target
+        or parts[2] != c.currency_code
+        or parts[3] != c.room_id
+        or parts[4] != c.stackable
+    ):
+        parts = _grant_parts(c)
+    # Keys in sorted order, as `dumps` writes them.
+    return "".join(
+        (
+            '{"claim_start_us":null,"coupon":{"code":',
+            _quote(c.code),
+            ',"coupon_id":',
+            _quote(c.coupon_id),
+            parts[5],
+            str(c.grant_sequence),
+            parts[6],
+            str(c.release_count),
+            parts[7],
+            str(to_us(c.valid_from)),
+            ',"valid_until_us":',
+            str(to_us(c.valid_until)),
+            ',"viewer_id":',
+            _quote(c.viewer_id),
+            '},"outcome":',
+            _quote(a.outcome.value),
+            ',"remaining_quantity":',
+            str(a.remaining_quantity),
+            ',"server_time_us":',
+            str(to_us(a.server_time)),
+            "}",
+        )
     )
+
+
+_quote = encode_basestring_ascii  # a JSON string, as `dumps` writes it
+_GRANT_PARTS: dict[str, tuple[CouponTerms, Target, str, str, bool, str, str, str]] = {}
+_GRANT_PARTS_MAX = 1024
+
+
+def _grant_parts(c: Coupon) -> tuple[CouponTerms, Target, str, str, bool, str, str, str]:
+    """What a fresh grant's recorded answer shares with its pool, as JSON text."""
+    parts = (
+        c.terms,
+        c.target,
+        c.currency_code,
+        c.room_id,
+        c.stackable,
+        f',"currency_code":{_quote(c.currency_code)},"grant_seq":',
+        f',"lock_expires_at_us":null,"pool_id":{_quote(c.pool_id)}'
+        ',"redeemed_order_id":null,"release_count":',
+        f',"room_id":{_quote(c.room_id)},"stackable":{"true" if c.stackable else "false"}'
+        f',"target":{_quote(_shared_json(c.target))},"terms":{_quote(_shared_json(c.terms))}'
+        ',"valid_from_us":',
+    )
+    if len(_GRANT_PARTS) >= _GRANT_PARTS_MAX:
+        _GRANT_PARTS.clear()
+    _GRANT_PARTS[c.pool_id] = parts
+    return parts
 
 
 def allocation_from_json(text: str) -> AllocationResult:
