@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring_ascii
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from server.domain.eligibility import Eligibility
