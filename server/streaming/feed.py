@@ -329,18 +329,22 @@ class RoomFeed:
                 # little behind this one keep reading from it instead of each going to the
                 # store (clearing it here once sent thousands of streams to the store).
                 events = await self._fetch(ring[-1].sequence)
-                self._extend(events)
+                ring.extend(events)
                 return self._cached_after(cursor) or []
             ring.clear()
             events = await self._fetch(cursor)
-            self._extend(events)
+            ring.extend(events)
             return events
 
     def _keep(self, committed: Sequence[RoomEvent]) -> None:
         """Put a local commit's events in the cache if they continue it, each naming the
         room's lifecycle event before it as a read would: the publish then finds them there
         instead of reading them back (under a fan-out each store round trip waits behind
-        thousands of stream writes)."""
+        thousands of stream writes).
+
+        A read of the store under way cannot overlap them: reads start only past the cache's
+        end while something newer is known, and a commit's events are kept only when they
+        follow the cache's end and nothing newer was known."""
         ring = self._ring
         if not ring or ring[-1].sequence + 1 != committed[0].sequence:
             return  # not contiguous with what is cached: read when published
@@ -350,18 +354,6 @@ class RoomFeed:
             ring.append(replace(event, previous_lifecycle=previous))
             if event.is_lifecycle:
                 previous = event.sequence
-
-    def _extend(self, events: list[RoomEvent]) -> None:
-        """Append what a read returned, minus what a commit put there while it ran."""
-        ring = self._ring
-        last = ring[-1].sequence if ring else None
-        for event in events:
-            if last is not None and event.sequence <= last:
-                continue
-            if last is not None and event.sequence > last + 1:
-                ring.clear()  # never a gap in the cache
-            ring.append(event)
-            last = event.sequence
 
     def _cached_after(self, cursor: int) -> list[RoomEvent] | None:
         ring = self._ring
