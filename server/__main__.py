@@ -14,6 +14,7 @@ from typing import Any
 from server import supervisor
 from server.app import start_server
 from server.config import Settings, load_settings
+from server.event_loop import LoopFactory, loop_factory
 
 
 def tune_gc() -> None:
@@ -65,12 +66,18 @@ def main(argv: list[str] | None = None) -> None:
         if problem is not None:
             sys.exit(problem)
         sys.exit(supervisor.supervise(args, settings))
-    run_to_exit(serve(settings))
+    new_loop, loop_name = loop_factory(settings.event_loop)
+    logging.getLogger("liveresource").info("event loop: %s", loop_name)
+    run_to_exit(serve(settings), new_loop)
 
 
-def run_to_exit(main_coroutine: Coroutine[Any, Any, None], cleanup_seconds: float = 3.0) -> None:
+def run_to_exit(
+    main_coroutine: Coroutine[Any, Any, None],
+    new_loop: LoopFactory = asyncio.new_event_loop,
+    cleanup_seconds: float = 3.0,
+) -> None:
     """Like asyncio.run, but a task that ignores cancellation cannot keep the process alive."""
-    loop = asyncio.new_event_loop()
+    loop = new_loop()
     try:
         loop.run_until_complete(main_coroutine)
     finally:

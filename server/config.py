@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.event_loop import loop_factory
+
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
@@ -57,6 +59,8 @@ class Settings:
     serves metrics on metrics_port + i."""
     reuse_port: bool = False
     """Bind the port with SO_REUSEPORT so several processes share it (set by `processes`)."""
+    event_loop: str = "auto"
+    """The event loop: `uvloop`, `asyncio`, or `auto` (uvloop where installed)."""
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to the embedded SQLite file."""
@@ -87,6 +91,7 @@ _ENV = {
     "metrics_host": "LIVERESOURCE_METRICS_HOST",
     "processes": "LIVERESOURCE_PROCESSES",
     "reuse_port": "LIVERESOURCE_REUSE_PORT",
+    "event_loop": "LIVERESOURCE_EVENT_LOOP",
 }
 
 
@@ -140,4 +145,8 @@ def _problems(s: Settings) -> list[str]:
     for name in ("stream_max_lag_events", "admission_limit", "processes"):
         if getattr(s, name) < 1:
             out.append(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        loop_factory(s.event_loop)
+    except ValueError as exc:
+        out.append(str(exc))
     return out

@@ -8,6 +8,7 @@ throw-away database, see tests/pg.py; skipped without PostgreSQL unless CI is se
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,12 +19,22 @@ import pytest
 from client_sdk import AsyncLiveResourceClient, ClientConfig, RetryPolicy, mint_token
 from server.app import RunningServer, start_server
 from server.config import Settings
+from server.event_loop import LoopFactory, loop_factory
 from server.service.clock import utc_now
 from server.store.interface import Store
 from tests.pg import Databases
 from tests.support import TOKEN_KEY, room_message, unique
 
 logging.getLogger("liveresource.calls").setLevel(logging.WARNING)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, LoopFactory]:
+    """Async tests run on the loop `python -m server` runs on (uvloop where installed);
+    LIVERESOURCE_EVENT_LOOP=asyncio runs them on asyncio's own, as the server would."""
+    factory, name = loop_factory(os.environ.get("LIVERESOURCE_EVENT_LOOP") or "auto")
+    return {name.split()[0]: factory}
 
 
 @dataclass

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -194,3 +195,39 @@ async def test_sigterm_ends_streams_and_state_survives_restart_with_exact_resume
     finally:
         for c in (platform, streamer, viewer):
             await c.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_the_server_runs_on_either_event_loop(
+    tmp_path: Path, loop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m server --event-loop X` says which loop it runs and serves on it: a room, a
+    pool, a grant and its replay, a stream's snapshot, and a clean SIGTERM."""
+    monkeypatch.setenv("LR_TEST_LOG", "INFO")
+    proc = ServerProcess(tmp_path / "data", free_port())
+    proc.extra_args = ["--metrics-port", "0", "--event-loop", loop]
+    proc.start()
+    room_id, streamer_id = unique("room"), unique("streamer")
+    platform = client(proc.target, "platform", "platform")
+    streamer = client(proc.target, "streamer", streamer_id)
+    viewer = client(proc.target, "viewer", unique("viewer"))
+    try:
+        await proc.wait_serving()
+        assert f"event loop: {loop}" in proc.stderr()
+        await platform.register_room(room_message(room_id, streamer_id))
+        created = await streamer.configure_resources(room_id, create_pool=fixed_pool(room_id))
+        pool_id = created.pool.pool_id
+        request_id = str(uuid.uuid4())
+        granted = await viewer.allocate(pool_id, request_id=request_id)
+        replayed = await viewer.allocate(pool_id, request_id=request_id)
+        assert granted.outcome == svc.ALLOCATION_OUTCOME_GRANTED
+        assert replayed.coupon.code == granted.coupon.code
+        sub = viewer.subscribe(room_id)
+        (snapshot,) = await items(sub, 1)
+        assert snapshot.snapshot.pools[0].granted_quantity == 1
+        await sub.aclose()
+        assert proc.terminate() == 0
+    finally:
+        for c in (platform, streamer, viewer):
+            await c.close()
+        proc.kill()

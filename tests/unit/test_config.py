@@ -22,6 +22,7 @@ def test_flags_override_the_environment() -> None:
         ["--watch-gap-seconds", "-1"],
         ["--processes", "0"],
         ["--port", "70000"],
+        ["--event-loop", "trio"],
     ],
 )
 def test_values_no_server_can_run_with_are_refused(
