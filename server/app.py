@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
 
 from server.api.auth import Authenticator, load_token_key
 from server.api.calls import CallRunner
+from server.api.registration import add_services
 from server.api.servicer import SERVICE_NAME, Servicer
 from server.config import Settings
 from server.domain.errors import Unavailable
@@ -144,20 +144,8 @@ async def start_server(
     options = [reuse if name == reuse[0] else (name, v) for name, v in GRPC_OPTIONS]
     server = grpc.aio.server(options=options)
     handlers = servicer.method_handlers(CallRunner(Authenticator(key), metrics))
-    # Registered methods (as grpcio's own codegen does) skip the per-call generic-handler
-    # lookup; the generic handler stays for anything asking by name (as the codegen keeps it).
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    add_services(server, SERVICE_NAME, handlers, health_servicer)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
