@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Any, TypeVar
 
 from server.domain.eligibility import Eligibility
 from server.domain.models import (
@@ -96,15 +96,28 @@ def terms_to_json(t: CouponTerms) -> str:
     )
 
 
+_TERMS: dict[str, CouponTerms] = {}
+_TARGETS: dict[str, Target] = {}
+"""Terms and targets by their JSON text (both immutable): every read of a pool gives the
+same objects while they do not change, so what is cached by identity downstream (their
+JSON, a coupon's wire bytes) stays cached across reads (a grant batch reads its pools)."""
+_DECODED_MAX = 1024
+_T = TypeVar("_T")
+
+
 def terms_from_json(text: str) -> CouponTerms:
-    d = json.loads(text)
-    return CouponTerms(
-        CouponKind(d["kind"]),
-        d["amount_off_minor"],
-        d["percent_off"],
-        d["max_discount_minor"],
-        d["min_spend_minor"],
-    )
+    terms = _TERMS.get(text)
+    if terms is None:
+        d = json.loads(text)
+        terms = CouponTerms(
+            CouponKind(d["kind"]),
+            d["amount_off_minor"],
+            d["percent_off"],
+            d["max_discount_minor"],
+            d["min_spend_minor"],
+        )
+        _keep(_TERMS, text, terms)
+    return terms
 
 
 def target_to_json(t: Target) -> str:
@@ -112,8 +125,18 @@ def target_to_json(t: Target) -> str:
 
 
 def target_from_json(text: str) -> Target:
-    d = json.loads(text)
-    return Target(tuple(d["goods_ids"]), tuple(d["shop_ids"]))
+    target = _TARGETS.get(text)
+    if target is None:
+        d = json.loads(text)
+        target = Target(tuple(d["goods_ids"]), tuple(d["shop_ids"]))
+        _keep(_TARGETS, text, target)
+    return target
+
+
+def _keep(cache: dict[str, _T], text: str, value: _T) -> None:
+    if len(cache) >= _DECODED_MAX:
+        cache.clear()
+    cache[text] = value
 
 
 def _opt_seconds(value: timedelta | None) -> int | None:

@@ -96,3 +96,17 @@ def test_a_grant_of_a_pool_whose_terms_changed_is_written_with_the_new_terms() -
             Outcome.GRANTED, 5, datetime(2030, 1, 1, tzinfo=UTC), coupon=Coupon(terms=terms, **base)
         )
         assert codec.allocation_from_json(codec.allocation_to_json(grant)) == grant
+
+
+@given(terms=_TERMS, target=_TARGETS, other=_TERMS)
+def test_terms_and_targets_read_back_equal_and_shared_while_their_text_is_the_same(
+    terms: CouponTerms, target: Target, other: CouponTerms
+) -> None:
+    # Each read gets a new string, as each read of a pools row does.
+    terms_text, target_text = codec.terms_to_json(terms), codec.target_to_json(target)
+    first = codec.terms_from_json("".join(terms_text))
+    again = codec.terms_from_json(terms_text[:1] + terms_text[1:])
+    assert first == terms and again is first
+    goods = codec.target_from_json(target_text[:1] + target_text[1:])
+    assert goods == target and codec.target_from_json("".join(target_text)) is goods
+    assert codec.terms_from_json(codec.terms_to_json(other)) == other
