@@ -101,8 +101,11 @@ _TARGETS: dict[str, Target] = {}
 """Terms and targets by their JSON text (both immutable): every read of a pool gives the
 same objects while they do not change, so what is cached by identity downstream (their
 JSON, a coupon's wire bytes) stays cached across reads (a grant batch reads its pools)."""
-_DECODED_MAX = 1024
-_T = TypeVar("_T")
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+_CACHED_MAX = 1024
+"""Entries of each of this module's caches (one per pool or per pool's terms: a server holds
+far fewer open pools); a full cache starts over."""
 
 
 def terms_from_json(text: str) -> CouponTerms:
@@ -133,10 +136,10 @@ def target_from_json(text: str) -> Target:
     return target
 
 
-def _keep(cache: dict[str, _T], text: str, value: _T) -> None:
-    if len(cache) >= _DECODED_MAX:
+def _keep(cache: dict[_K, _V], key: _K, value: _V) -> None:
+    if len(cache) >= _CACHED_MAX:
         cache.clear()
-    cache[text] = value
+    cache[key] = value
 
 
 def _opt_seconds(value: timedelta | None) -> int | None:
@@ -261,7 +264,6 @@ _SHARED_JSON: dict[int, tuple[object, str]] = {}
 """JSON of the terms and targets coupons share with their pool, by the object's identity
 (kept with the object, so an id is never reused while cached): a grant batch records one
 answer per coupon, all with their pool's terms and target."""
-_SHARED_JSON_MAX = 1024
 
 
 def _shared_json(value: CouponTerms | Target) -> str:
@@ -269,9 +271,7 @@ def _shared_json(value: CouponTerms | Target) -> str:
     if cached is not None and cached[0] is value:
         return cached[1]
     text = terms_to_json(value) if isinstance(value, CouponTerms) else target_to_json(value)
-    if len(_SHARED_JSON) >= _SHARED_JSON_MAX:
-        _SHARED_JSON.clear()
-    _SHARED_JSON[id(value)] = (value, text)
+    _keep(_SHARED_JSON, id(value), (value, text))
     return text
 
 
@@ -377,7 +377,6 @@ def allocation_to_json(a: AllocationResult) -> str:
 
 _quote = encode_basestring_ascii  # a JSON string, as `dumps` writes it
 _GRANT_PARTS: dict[str, tuple[CouponTerms, Target, str, str, bool, str, str, str]] = {}
-_GRANT_PARTS_MAX = 1024
 
 
 def _grant_parts(c: Coupon) -> tuple[CouponTerms, Target, str, str, bool, str, str, str]:
@@ -395,9 +394,7 @@ def _grant_parts(c: Coupon) -> tuple[CouponTerms, Target, str, str, bool, str, s
         f',"target":{_quote(_shared_json(c.target))},"terms":{_quote(_shared_json(c.terms))}'
         ',"valid_from_us":',
     )
-    if len(_GRANT_PARTS) >= _GRANT_PARTS_MAX:
-        _GRANT_PARTS.clear()
-    _GRANT_PARTS[c.pool_id] = parts
+    _keep(_GRANT_PARTS, c.pool_id, parts)
     return parts
 
 
