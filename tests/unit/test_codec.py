@@ -110,3 +110,11 @@ def test_terms_and_targets_read_back_equal_and_shared_while_their_text_is_the_sa
     goods = codec.target_from_json(target_text[:1] + target_text[1:])
     assert goods == target and codec.target_from_json("".join(target_text)) is goods
     assert codec.terms_from_json(codec.terms_to_json(other)) == other
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 1), timezones=st.just(UTC)))
+def test_microseconds_since_the_epoch_are_exact_and_read_back(value: datetime) -> None:
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    exact = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    assert codec.to_us(value) == exact
+    assert codec.from_us(exact) == value
