@@ -44,8 +44,11 @@ class ServerProcess:
         batching: bool,
         database_url: str = "",
         metrics_port: int | None = None,
+        repo_root: Path = REPO_ROOT,
     ) -> None:
         self.name = name
+        self.repo_root = repo_root
+        """The checkout whose `server` package runs (another one: `bench.ab`'s variants)."""
         self.metrics_port = free_port() if metrics_port is None else metrics_port
         """Where the server serves /metrics (0: not at all). On by default, as the server's
         own default is: the bench measures the server as it is deployed."""
@@ -100,7 +103,7 @@ class ServerProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 args,
-                cwd=REPO_ROOT,
+                cwd=self.repo_root,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
