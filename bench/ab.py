@@ -13,7 +13,8 @@ the same round, plus its own `hot`/`noop` and `soldout`/`noop` ratios.
 Refs other than `.` are checked out with `git worktree` into a temporary folder (removed at
 the end); every variant runs on this checkout's virtualenv. Each server gets a warm-up and
 one `hot` pool before the rounds, so `soldout` may run without `hot` in the list. The gates
-of `make bench` run after every grab scenario: a variant that oversells shows as FAIL.
+of `make bench` run after every grab scenario: a variant that oversells shows as FAIL and
+the exit status is 1.
 """
 
 from __future__ import annotations
