@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadGenerator
-from bench.provision import Provisioner
 from bench.scenarios import Bench, ScenarioRun
 from bench.server_process import REPO_ROOT, ServerProcess
 from bench.sizes import FULL, QUICK, Sizes
@@ -171,16 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _set_up(server: ServerProcess, sizes: Sizes, load: LoadGenerator, key: str) -> Bench:
-    setup = Provisioner(server.target, key)
-    bench = Bench(
-        sizes=sizes,
-        load=load,
-        token_key=key,
-        batched=server,
-        naive=server,
-        batched_setup=setup,
-        naive_setup=setup,
-    )
+    bench = Bench.on_one_server(server, sizes, load, key)
     bench.noop(sizes.warmup_calls)
     bench.hot(SETUP_ROUND, server, sizes.hot_viewers, "hot")
     return bench

@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 from bench.loadgen import LoadGenerator
-from bench.provision import Provisioner
 from bench.scenarios import Bench
 from bench.server_process import ServerProcess
 from bench.sizes import FULL
@@ -35,15 +34,7 @@ def main(argv: list[str]) -> int:
         server.start()
         server.wait_serving()
         assert server.proc is not None
-        bench = Bench(
-            sizes=FULL,
-            load=load,
-            token_key=key,
-            batched=server,
-            naive=server,
-            batched_setup=Provisioner(server.target, key),
-            naive_setup=Provisioner(server.target, key),
-        )
+        bench = Bench.on_one_server(server, FULL, load, key)
         bench.noop(1000)
         if name == "soldout":
             bench.hot(1, server, FULL.hot_viewers, "hot")

@@ -61,6 +61,23 @@ class Bench:
     hot_pools: dict[int, tuple[str, list[GrabRecord]]] = field(default_factory=dict)
     """Per round: the batched hot pool and every grab made at it so far (for soldout)."""
 
+    @classmethod
+    def on_one_server(
+        cls, server: ServerProcess, sizes: Sizes, load: LoadGenerator, token_key: str
+    ) -> Bench:
+        """Every scenario on `server` (`naive` too), set up through one provisioner: for the
+        tools that study one server (`bench.profile`, `bench.ab`)."""
+        setup = Provisioner(server.target, token_key)
+        return cls(
+            sizes=sizes,
+            load=load,
+            token_key=token_key,
+            batched=server,
+            naive=server,
+            batched_setup=setup,
+            naive_setup=setup,
+        )
+
     def run(self, name: str, round_no: int) -> ScenarioRun:
         if name == "noop":
             return self.noop(self.sizes.noop_calls)
